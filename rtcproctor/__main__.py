@@ -1,0 +1,3 @@
+from rtcproctor.cli import main
+
+raise SystemExit(main())

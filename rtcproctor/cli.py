@@ -1,0 +1,207 @@
+"""The `rtcproctor` command: every subcommand reads the same configuration as the server."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import io
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from rtcproctor.config import Settings
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="where the database and evidence live (env RTCPROCTOR_DATA_DIR, default ./data)",
+    )
+    parser.add_argument(
+        "--database",
+        dest="database_url",
+        help="SQLAlchemy async URL (env RTCPROCTOR_DATABASE_URL; default SQLite in the data dir)",
+    )
+    parser.add_argument("--log-level", help="env RTCPROCTOR_LOG_LEVEL, default INFO")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    fields = ("host", "port", "data_dir", "database_url", "log_level", "base_url")
+    settings = Settings.from_env()
+    settings = settings.override(**{f: getattr(args, f, None) for f in fields})
+    if getattr(args, "ice_loopback", False):
+        settings = settings.override(ice_loopback=True)
+    return settings
+
+
+def _logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from rtcproctor.web import create_app
+
+    settings = _settings(args)
+    _logging(settings)
+    log = logging.getLogger("rtcproctor")
+    if settings.ice_loopback:
+        from rtcproctor.rtc.loopback import allow_loopback_candidates
+
+        allow_loopback_candidates()
+    if not settings.stun_urls:
+        log.info("no STUN/TURN configured: peers connect with host candidates (same network)")
+    log.info(
+        "RTCProctor on http://%s:%d (student page /student, monitor /monitor)",
+        settings.host,
+        settings.port,
+    )
+    web.run_app(
+        create_app(settings), host=settings.host, port=settings.port, print=None, access_log=None
+    )
+    return 0
+
+
+def read_roster(path: Path) -> list[str]:
+    """Names from a roster: one per line, or a CSV whose `name` column (else first) holds them."""
+    text = path.read_text(encoding="utf-8-sig")
+    rows = [row for row in csv.reader(io.StringIO(text)) if any(c.strip() for c in row)]
+    if not rows:
+        return []
+    header = [c.strip().lower() for c in rows[0]]
+    column = header.index("name") if "name" in header else 0
+    if "name" in header:
+        rows = rows[1:]
+    return [row[column].strip() for row in rows if len(row) > column and row[column].strip()]
+
+
+async def _codes(settings: Settings, args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
+    from rtcproctor.store import Store
+    from rtcproctor.web.app import student_link
+
+    store = await Store.open(settings.resolved_database_url)
+    try:
+        if args.key:
+            exam = await store.exam_by_key(args.key)
+            if exam is None:
+                raise SystemExit("rtcproctor codes: that proctor key matches no exam")
+            key = args.key
+        else:
+            exam, key = await store.create_exam(args.exam_name or "")
+        created = await store.add_students(exam.id, names)
+    finally:
+        await store.close()
+    base = settings.public_base_url()
+    return {
+        "exam": exam.id,
+        "exam_name": exam.name,
+        "proctor_key": key,
+        "students": [
+            {"name": s.name, "code": code, "link": student_link(base, code)} for s, code in created
+        ],
+    }
+
+
+def cmd_codes(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if args.names:
+        names = read_roster(args.names)
+        if not names:
+            print(f"rtcproctor codes: no names in {args.names}", file=sys.stderr)
+            return 2
+    else:
+        names = [f"Student {i}" for i in range(1, args.count + 1)]
+    result = asyncio.run(_codes(settings, args, names))
+    if args.json:
+        text = json.dumps(result, indent=2) + "\n"
+    else:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["name", "code", "link"])
+        for s in result["students"]:
+            writer.writerow([s["name"], s["code"], s["link"]])
+        text = buffer.getvalue()
+    if args.output:
+        args.output.write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    if not args.json:
+        base = settings.public_base_url()
+        print(
+            f"exam {result['exam']} ({len(names)} codes)\n"
+            f"proctor key: {result['proctor_key']}  (keep it; it is shown only now)\n"
+            f"monitor: {base}/monitor#key={result['proctor_key']}",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from rtcproctor.sim.cli import run
+
+    return run(args)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from rtcproctor.bench.cli import run
+
+    return run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rtcproctor", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the server")
+    _common(serve)
+    serve.add_argument("--host", help="address to listen on (env RTCPROCTOR_HOST, default 0.0.0.0)")
+    serve.add_argument("--port", type=int, help="env RTCPROCTOR_PORT, default 8080")
+    serve.add_argument(
+        "--base-url", help="public URL used in student links (env RTCPROCTOR_BASE_URL)"
+    )
+    serve.add_argument(
+        "--ice-loopback",
+        action="store_true",
+        help="offer 127.0.0.1 as an ICE candidate (loopback-only test networks)",
+    )
+    serve.set_defaults(func=cmd_serve)
+
+    codes = sub.add_parser("codes", help="create stream codes for an exam (CSV name,code,link)")
+    _common(codes)
+    group = codes.add_mutually_exclusive_group(required=True)
+    group.add_argument("--count", type=int, help="this many codes, named Student 1..N")
+    group.add_argument(
+        "--names", type=Path, help="roster: one name per line, or CSV with a name column"
+    )
+    codes.add_argument("--base-url", help="public URL of the server, for the links")
+    codes.add_argument("--key", help="add to the exam of this proctor key instead of a new exam")
+    codes.add_argument("--exam-name", help="a name for the new exam")
+    codes.add_argument("--json", action="store_true", help="print JSON instead of CSV")
+    codes.add_argument("--output", "-o", type=Path, help="write to this file instead of stdout")
+    codes.set_defaults(func=cmd_codes)
+
+    from rtcproctor.bench.cli import add_parser as add_bench
+    from rtcproctor.sim.cli import add_parser as add_simulate
+
+    add_simulate(sub)
+    add_bench(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "codes" and args.count is not None and not 1 <= args.count <= 5000:
+        parser.error("--count must be between 1 and 5000")
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130

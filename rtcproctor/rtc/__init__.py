@@ -1,0 +1,1 @@
+"""Helpers shared by every aiortc peer the project runs (simulators, shadow proctor)."""

@@ -1,0 +1,489 @@
+"""Socket.IO handlers: thin checks over presence and the store, every error answered in the ack."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import socketio
+
+from rtcproctor.codes import CodeError, check_external_code, normalize_code
+from rtcproctor.config import Settings
+from rtcproctor.signaling import validation as v
+from rtcproctor.signaling.ice import IceServers
+from rtcproctor.signaling.presence import Client, Peer, Presence, StudentState
+from rtcproctor.signaling.ratelimit import KeyedLimiter, TokenBucket
+from rtcproctor.signaling.validation import Rejected
+from rtcproctor.store import AttentionRecord, CodeInUse, MessageRecord, Store, StudentRecord
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[["SignalingServer", Client, dict[str, Any]], Awaitable[dict[str, Any] | None]]
+
+EVENT_RATE, EVENT_BURST = 20.0, 60.0
+CHAT_RATE, CHAT_BURST = 2.0, 10.0
+# Ten wrong codes at once, then one every six seconds: guessing a 60-bit code is hopeless.
+GUESS_RATE, GUESS_BURST = 1 / 6, 10.0
+
+
+def room(student_id: int) -> str:
+    return f"s{student_id}"
+
+
+def message_json(msg: MessageRecord, code: str) -> dict[str, Any]:
+    return {"id": msg.id, "code": code, "from": msg.sender, "text": msg.text, "ts": msg.at}
+
+
+def attention_json(att: AttentionRecord, code: str) -> dict[str, Any]:
+    return {
+        "id": att.id,
+        "code": code,
+        "from": att.sender,
+        "ts": att.at,
+        "resolved": att.resolved_at is not None,
+    }
+
+
+class SignalingServer:
+    """Pairs each student with the proctors watching their code and relays between them."""
+
+    def __init__(self, sio: socketio.AsyncServer, store: Store, settings: Settings) -> None:
+        self.sio = sio
+        self.store = store
+        self.settings = settings
+        self.ice = IceServers(stun_urls=settings.stun_urls)
+        self.presence = Presence()
+        self.guesses = KeyedLimiter(GUESS_RATE, GUESS_BURST)
+        self._buckets: dict[str, tuple[TokenBucket, TokenBucket]] = {}
+        sio.on("connect", self._connect)
+        sio.on("disconnect", self._disconnect)
+        sio.on("*", self._unknown_event)
+        for event, fn in self._handlers().items():
+            sio.on(event, self._wrap(event, fn))
+
+    def _handlers(self) -> dict[str, Handler]:
+        cls = type(self)
+        return {
+            "student:join": cls.student_join,
+            "student:live": cls.student_live,
+            "student:visibility": cls.student_visibility,
+            "proctor:watch": cls.proctor_watch,
+            "proctor:unwatch": cls.proctor_unwatch,
+            "proctor:register": cls.proctor_register,
+            "peer:renew": cls.peer_renew,
+            "signal": cls.signal,
+            "chat:send": cls.chat_send,
+            "attention:raise": cls.attention_raise,
+            "attention:resolve": cls.attention_resolve,
+        }
+
+    def _wrap(self, event: str, fn: Handler) -> Callable[..., Awaitable[dict[str, Any]]]:
+        @functools.wraps(fn)
+        async def handler(sid: str, *args: Any) -> dict[str, Any]:
+            try:
+                client = self.presence.clients.get(sid)
+                if client is None:
+                    raise Rejected("not_joined", "this connection is closing")
+                wait = self._buckets[sid][0].take()
+                if wait:
+                    raise Rejected("rate_limited", "too many messages", retry_after=round(wait, 2))
+                if len(args) > 1:
+                    raise v.invalid("send one object per event")
+                result = await fn(self, client, v.payload(args[0] if args else None))
+                return {"ok": True, **(result or {})}
+            except Rejected as rejected:
+                return rejected.as_ack()
+            except Exception:
+                log.exception("handler for %r failed", event)
+                return {"ok": False, "error": {"code": "internal", "message": "server error"}}
+
+        return handler
+
+    async def _unknown_event(self, event: str, sid: str, *args: Any) -> dict[str, Any]:
+        return Rejected("invalid", f"unknown event {str(event)[:40]!r}").as_ack()
+
+    # Connections
+
+    async def _connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        self.presence.clients[sid] = Client(sid=sid, address=self._address(environ))
+        self._buckets[sid] = (
+            TokenBucket(EVENT_RATE, EVENT_BURST),
+            TokenBucket(CHAT_RATE, CHAT_BURST),
+        )
+
+    def _address(self, environ: dict[str, Any]) -> str:
+        request = environ.get("aiohttp.request")
+        if self.settings.trust_proxy:
+            forwarded = environ.get("HTTP_X_FORWARDED_FOR", "")
+            if forwarded:
+                return forwarded.split(",")[0].strip()
+        if request is not None and request.remote:
+            return str(request.remote)
+        return str(environ.get("REMOTE_ADDR", "unknown"))
+
+    async def _disconnect(self, sid: str, *_reason: Any) -> None:
+        client = self.presence.clients.pop(sid, None)
+        self._buckets.pop(sid, None)
+        if client is None:
+            return
+        try:
+            if client.student_id is not None:
+                state = self.presence.students.get(client.student_id)
+                if state is not None and state.sid == sid:
+                    await self._end_session(state, "disconnected", gone=sid)
+            for student_id in list(client.watching):
+                await self._stop_watching(client, student_id, gone=True)
+        except Exception:
+            log.exception("cleanup after %s failed", sid)
+
+    # Shared steps
+
+    async def _lookup(self, client: Client, raw: str) -> tuple[str, StudentRecord]:
+        wait = self.guesses.blocked_for(client.address)
+        if wait:
+            raise self._limited(wait)
+        try:
+            code = normalize_code(raw)
+        except CodeError as exc:
+            self.guesses.spend(client.address)
+            raise Rejected("unknown_code", str(exc)) from exc
+        record = await self.store.student_by_code(code)
+        if record is None:
+            self.guesses.spend(client.address)
+            raise Rejected("unknown_code", "no student has this code; check it and try again")
+        return code, record
+
+    @staticmethod
+    def _limited(wait: float) -> Rejected:
+        seconds = math.ceil(wait)
+        return Rejected(
+            "rate_limited",
+            f"too many wrong codes from this address; try again in {seconds} s",
+            retry_after=seconds,
+        )
+
+    def _own_state(self, client: Client) -> StudentState:
+        state = None if client.student_id is None else self.presence.students.get(client.student_id)
+        if state is None or state.sid != client.sid:
+            raise Rejected("not_joined", "join with a stream code first")
+        return state
+
+    def _watched(self, client: Client, data: dict[str, Any]) -> StudentState:
+        raw = v.text(data, "code", max_len=64)
+        assert raw is not None
+        try:
+            code = normalize_code(raw)
+        except CodeError as exc:
+            raise Rejected("not_watching", str(exc)) from exc
+        for student_id in client.watching:
+            state = self.presence.students.get(student_id)
+            if state is not None and state.code == code:
+                return state
+        raise Rejected("not_watching", "this page is not watching that student")
+
+    async def _status(self, state: StudentState) -> None:
+        await self.sio.emit("student:status", state.status(), room=room(state.record.id))
+
+    async def _close_peers(self, peers: list[Peer], gone: str | None = None) -> None:
+        for peer in peers:
+            if self.presence.close_peer(peer.id) is None:
+                continue
+            state = self.presence.students.get(peer.student_id)
+            if peer.student_sid != gone:
+                await self.sio.emit("peer:close", {"peer": peer.id}, to=peer.student_sid)
+            if peer.watcher_sid != gone:
+                code = state.code if state else ""
+                await self.sio.emit(
+                    "peer:close", {"code": code, "peer": peer.id}, to=peer.watcher_sid
+                )
+
+    async def _request_peer(self, state: StudentState, watcher_sid: str) -> None:
+        """Ask the live student for a fresh peer connection to this watcher."""
+        await self._close_peers(self.presence.peers_between(state.record.id, watcher_sid))
+        peer = self.presence.open_peer(state, watcher_sid)
+        await self.sio.emit(
+            "peer:request",
+            {"peer": peer.id, "iceServers": self.ice.for_client(), "audioOnly": peer.audio_only},
+            to=state.sid,
+        )
+
+    async def _end_session(self, state: StudentState, reason: str, gone: str | None = None) -> None:
+        """The student's current device stops streaming (left, replaced or disconnected)."""
+        assert state.sid is not None
+        await self._close_peers(self.presence.peers_of(state.sid), gone=gone)
+        self.presence.set_state(state, sid=None)
+        await self.store.record_event(state.record.id, "offline", reason)
+        await self._status(state)
+        self.presence.forget_if_idle(state.record.id)
+
+    async def _stop_watching(self, client: Client, student_id: int, gone: bool = False) -> None:
+        client.watching.discard(student_id)
+        state = self.presence.students.get(student_id)
+        if state is None:
+            return
+        state.watchers.discard(client.sid)
+        await self._close_peers(
+            self.presence.peers_between(student_id, client.sid), gone=client.sid if gone else None
+        )
+        if not gone:
+            await self.sio.leave_room(client.sid, room(student_id))
+        self.presence.forget_if_idle(student_id)
+
+    # Student events
+
+    async def student_join(self, client: Client, data: dict[str, Any]) -> dict[str, Any]:
+        raw = v.text(data, "code", max_len=64)
+        assert raw is not None
+        if client.watching:
+            raise v.invalid("this connection is watching students; a student page needs its own")
+        code, record = await self._lookup(client, raw)
+        if client.student_id is not None and client.student_id != record.id:
+            previous = self.presence.students.get(client.student_id)
+            if previous is not None and previous.sid == client.sid:
+                await self._end_session(previous, "left")
+        state = self.presence.student(record, code)
+        if state.sid is not None and state.sid != client.sid:
+            old_sid = state.sid
+            await self._end_session(state, "replaced")
+            state = self.presence.student(record, code)
+            old = self.presence.clients.get(old_sid)
+            if old is not None:
+                old.student_id = None
+            await self.sio.emit("student:replaced", {}, to=old_sid)
+        client.student_id = record.id
+        if self.presence.set_state(state, sid=client.sid, live=False):
+            await self.store.record_event(record.id, "connected")
+            await self._status(state)
+        chat = await self.store.messages(record.id)
+        return {
+            "student": {"name": record.name},
+            "code": code,
+            "iceServers": self.ice.for_client(),
+            "chat": [message_json(m, code) for m in chat],
+            "video": self.settings.video.as_json(),
+        }
+
+    async def student_live(self, client: Client, data: dict[str, Any]) -> None:
+        state = self._own_state(client)
+        live = v.boolean(data, "live")
+        if state.live == live:
+            return
+        self.presence.set_state(state, live=live)
+        await self.store.record_event(state.record.id, "live" if live else "stopped")
+        await self._status(state)
+        if live:
+            for watcher in list(state.watchers):
+                await self._request_peer(state, watcher)
+        else:
+            assert state.sid is not None
+            await self._close_peers(self.presence.peers_of(state.sid))
+
+    async def student_visibility(self, client: Client, data: dict[str, Any]) -> None:
+        state = self._own_state(client)
+        hidden = v.boolean(data, "hidden")
+        if state.background == hidden:
+            return
+        state.background = hidden
+        await self.store.record_event(state.record.id, "background" if hidden else "foreground")
+        await self._status(state)
+
+    # Proctor events
+
+    async def proctor_watch(self, client: Client, data: dict[str, Any]) -> dict[str, Any]:
+        raws = v.text_list(data, "codes", max_items=v.MAX_CODES, max_len=64)
+        key = v.text(data, "key", max_len=128, required=False)
+        if client.student_id is not None:
+            raise v.invalid("this connection streams as a student; a monitor page needs its own")
+        if key:
+            await self._authorize(client, key)
+        errors: list[dict[str, Any]] = []
+        wanted: list[tuple[str, str]] = []
+        for raw in raws:
+            try:
+                wanted.append((raw, normalize_code(raw)))
+            except CodeError as exc:
+                errors.append({"code": raw, "error": {"code": "invalid", "message": str(exc)}})
+        wait = self.guesses.blocked_for(client.address)
+        if wait:
+            raise self._limited(wait)
+        found = await self.store.students_by_codes(code for _, code in wanted)
+        students: list[dict[str, Any]] = []
+        history: dict[str, Any] = {}
+        limited = False
+        for raw, code in wanted:
+            record = found.get(code)
+            if record is None or limited:
+                if not limited and self.guesses.spend(client.address) == 0:
+                    error = Rejected("unknown_code", "no student has this code")
+                else:
+                    limited = True
+                    error = self._limited(self.guesses.blocked_for(client.address) or 1)
+                errors.append({"code": raw, "error": error.as_error()})
+                continue
+            state = self.presence.student(record, code)
+            if client.sid not in state.watchers:
+                state.watchers.add(client.sid)
+                client.watching.add(record.id)
+                await self.sio.enter_room(client.sid, room(record.id))
+                if state.live:
+                    await self._request_peer(state, client.sid)
+            students.append({**state.status(), "name": record.name})
+            if record.exam_id in client.authorized_exams:
+                history[code] = await self._history(record, code)
+        answer: dict[str, Any] = {
+            "students": students,
+            "errors": errors,
+            "iceServers": self.ice.for_client(),
+        }
+        if key:
+            answer["history"] = history
+        return answer
+
+    async def _authorize(self, client: Client, key: str) -> str:
+        exam = await self.store.exam_by_key(key)
+        if exam is None:
+            wait = self.guesses.spend(client.address)
+            if wait:
+                raise self._limited(wait)
+            raise Rejected("unauthorized", "this proctor key is not valid")
+        client.authorized_exams.add(exam.id)
+        return exam.id
+
+    async def _history(self, record: StudentRecord, code: str) -> dict[str, Any]:
+        chat = await self.store.messages(record.id)
+        attention = await self.store.attention(record.id)
+        return {
+            "chat": [message_json(m, code) for m in chat],
+            "attention": [attention_json(a, code) for a in attention],
+        }
+
+    async def proctor_unwatch(self, client: Client, data: dict[str, Any]) -> None:
+        raws = v.text_list(data, "codes", max_items=v.MAX_CODES, max_len=64)
+        for raw in raws:
+            try:
+                state = self._watched(client, {"code": raw})
+            except Rejected:
+                continue
+            await self._stop_watching(client, state.record.id)
+
+    async def proctor_register(self, client: Client, data: dict[str, Any]) -> dict[str, Any]:
+        key = v.text(data, "key", max_len=128)
+        entries = data.get("students")
+        if not isinstance(entries, list):
+            raise v.invalid("'students' must be a list of {name, code}")
+        if len(entries) > v.MAX_CODES:
+            raise Rejected("too_large", f"at most {v.MAX_CODES} students at once")
+        assert key is not None
+        exam_id = await self._authorize(client, key)
+        registered: list[dict[str, str]] = []
+        errors: list[dict[str, Any]] = []
+        for entry in entries:
+            try:
+                if not isinstance(entry, dict):
+                    raise v.invalid("each student must be {name, code}")
+                name = v.text(entry, "name", max_len=v.MAX_NAME)
+                raw = v.text(entry, "code", max_len=64)
+                assert name is not None and raw is not None
+                try:
+                    code = check_external_code(raw)
+                except CodeError as exc:
+                    raise Rejected("weak_code", str(exc)) from exc
+                try:
+                    await self.store.register_student(exam_id, name, code)
+                except CodeInUse as exc:
+                    raise Rejected("code_in_use", str(exc)) from exc
+                registered.append({"name": name, "code": code})
+            except Rejected as rejected:
+                raw_code = entry.get("code") if isinstance(entry, dict) else None
+                errors.append(
+                    {
+                        "code": raw_code if isinstance(raw_code, str) else None,
+                        "error": rejected.as_error(),
+                    }
+                )
+        return {"exam": exam_id, "registered": registered, "errors": errors}
+
+    async def peer_renew(self, client: Client, data: dict[str, Any]) -> None:
+        state = self._watched(client, data)
+        if not state.live:
+            raise Rejected("not_live", "that student is not live")
+        await self._request_peer(state, client.sid)
+
+    # Both sides
+
+    async def signal(self, client: Client, data: dict[str, Any]) -> None:
+        peer_id = v.text(data, "peer", max_len=64)
+        peer = self.presence.peers.get(peer_id or "")
+        if peer is None or client.sid not in (peer.student_sid, peer.watcher_sid):
+            raise Rejected("unknown_peer", "that peer connection is closed")
+        from_student = client.sid == peer.student_sid
+        description = v.description(data, "offer" if from_student else "answer")
+        has_candidate, candidate = v.candidate(data)
+        if description is None and not has_candidate:
+            raise v.invalid("a signal carries a description or a candidate")
+        out: dict[str, Any] = {"peer": peer.id}
+        if description is not None:
+            out["description"] = description
+        if has_candidate:
+            out["candidate"] = candidate
+        if from_student:
+            state = self.presence.students.get(peer.student_id)
+            out["code"] = state.code if state else ""
+            await self.sio.emit("signal", out, to=peer.watcher_sid)
+        else:
+            await self.sio.emit("signal", out, to=peer.student_sid)
+
+    def _conversation(self, client: Client, data: dict[str, Any]) -> tuple[StudentState, str]:
+        if client.student_id is not None:
+            return self._own_state(client), "student"
+        return self._watched(client, data), "proctor"
+
+    async def chat_send(self, client: Client, data: dict[str, Any]) -> dict[str, Any]:
+        body = v.text(data, "text", max_len=v.MAX_CHAT)
+        assert body is not None
+        state, sender = self._conversation(client, data)
+        wait = self._buckets[client.sid][1].take()
+        if wait:
+            raise Rejected(
+                "rate_limited", "you are sending messages too fast", retry_after=round(wait, 2)
+            )
+        message = message_json(
+            await self.store.add_message(state.record.id, sender, body), state.code
+        )
+        event = {"code": state.code, "message": message}
+        await self.sio.emit("chat:message", event, room=room(state.record.id))
+        if state.sid is not None:
+            await self.sio.emit("chat:message", event, to=state.sid)
+        return {"message": message}
+
+    async def attention_raise(self, client: Client, data: dict[str, Any]) -> dict[str, Any]:
+        state, sender = self._conversation(client, data)
+        wait = self._buckets[client.sid][1].take()
+        if wait:
+            raise Rejected(
+                "rate_limited", "please wait before asking again", retry_after=round(wait, 2)
+            )
+        attention = attention_json(
+            await self.store.add_attention(state.record.id, sender), state.code
+        )
+        event = {"code": state.code, "attention": attention}
+        await self.sio.emit("attention", event, room=room(state.record.id), skip_sid=client.sid)
+        if sender == "proctor" and state.sid is not None:
+            await self.sio.emit("attention", event, to=state.sid)
+        return {"attention": attention}
+
+    async def attention_resolve(self, client: Client, data: dict[str, Any]) -> None:
+        if client.student_id is not None:
+            raise Rejected("invalid", "only a proctor resolves attention requests")
+        state = self._watched(client, data)
+        attention_id = v.integer(data, "id")
+        if not await self.store.resolve_attention(state.record.id, attention_id):
+            raise Rejected("invalid", "no open attention request with that id")
+        await self.sio.emit(
+            "attention:resolved",
+            {"code": state.code, "id": attention_id},
+            room=room(state.record.id),
+        )

@@ -1,0 +1,46 @@
+"""Plain data handed out by the store, so callers never hold ORM objects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ExamRecord:
+    id: str
+    name: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class StudentRecord:
+    id: int
+    exam_id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class MessageRecord:
+    id: int
+    student_id: int
+    sender: str
+    text: str
+    at: float
+
+
+@dataclass(frozen=True)
+class AttentionRecord:
+    id: int
+    student_id: int
+    sender: str
+    at: float
+    resolved_at: float | None
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    id: int
+    student_id: int
+    kind: str
+    at: float
+    detail: str | None

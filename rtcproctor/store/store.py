@@ -1,0 +1,225 @@
+"""The store: every write the server makes goes through here, on any SQLAlchemy async URL."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from sqlalchemy import event, select, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+
+from rtcproctor.codes import digest, generate_code, generate_key, normalize_code
+from rtcproctor.store.models import (
+    AttentionRequest,
+    Base,
+    ChatMessage,
+    Exam,
+    StreamEvent,
+    Student,
+)
+from rtcproctor.store.records import (
+    AttentionRecord,
+    EventRecord,
+    ExamRecord,
+    MessageRecord,
+    StudentRecord,
+)
+
+HISTORY_LIMIT = 500
+
+
+class CodeInUse(ValueError):
+    """The code is already registered (in this or another exam)."""
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+class Store:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._session = async_sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    async def open(cls, url: str) -> Store:
+        parsed = make_url(url)
+        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(url, pool_pre_ping=True)
+        if parsed.get_backend_name() == "sqlite":
+            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        store = cls(engine)
+        async with engine.begin() as conn:
+            await conn.run_sync(Base.metadata.create_all)
+        return store
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    # Exams and codes
+
+    async def create_exam(self, name: str = "") -> tuple[ExamRecord, str]:
+        """A new exam and its proctor key; the key is returned once and kept only as a digest."""
+        key = generate_key()
+        exam = Exam(
+            id=secrets.token_hex(6),
+            name=name or time.strftime("Exam %Y-%m-%d %H:%M"),
+            key_digest=digest(key),
+            created_at=time.time(),
+        )
+        async with self._session() as session, session.begin():
+            session.add(exam)
+        return ExamRecord(exam.id, exam.name, exam.created_at), key
+
+    async def exam_by_key(self, key: str) -> ExamRecord | None:
+        async with self._session() as session:
+            exam = await session.scalar(select(Exam).where(Exam.key_digest == digest(key)))
+        return None if exam is None else ExamRecord(exam.id, exam.name, exam.created_at)
+
+    async def exam(self, exam_id: str) -> ExamRecord | None:
+        async with self._session() as session:
+            exam = await session.get(Exam, exam_id)
+        return None if exam is None else ExamRecord(exam.id, exam.name, exam.created_at)
+
+    async def add_students(
+        self, exam_id: str, names: Sequence[str]
+    ) -> list[tuple[StudentRecord, str]]:
+        """Generate a fresh code per name; returns each student with its code (shown once)."""
+        now = time.time()
+        created: list[tuple[Student, str]] = []
+        async with self._session() as session, session.begin():
+            for name in names:
+                code = generate_code()
+                row = Student(
+                    exam_id=exam_id,
+                    name=name,
+                    code_digest=digest(normalize_code(code)),
+                    created_at=now,
+                )
+                session.add(row)
+                created.append((row, code))
+        return [(StudentRecord(r.id, r.exam_id, r.name), code) for r, code in created]
+
+    async def register_student(
+        self, exam_id: str, name: str, normalized_code: str
+    ) -> StudentRecord:
+        """Register a code made elsewhere. Raises CodeInUse if any exam already has it."""
+        row = Student(
+            exam_id=exam_id,
+            name=name,
+            code_digest=digest(normalized_code),
+            created_at=time.time(),
+        )
+        try:
+            async with self._session() as session, session.begin():
+                existing = await session.scalar(
+                    select(Student).where(Student.code_digest == row.code_digest)
+                )
+                if existing is not None:
+                    if existing.exam_id == exam_id:
+                        existing.name = name
+                        return StudentRecord(existing.id, existing.exam_id, existing.name)
+                    raise CodeInUse("this code is already in use")
+                session.add(row)
+        except IntegrityError as exc:
+            raise CodeInUse("this code is already in use") from exc
+        return StudentRecord(row.id, row.exam_id, row.name)
+
+    async def students_by_codes(self, normalized_codes: Iterable[str]) -> dict[str, StudentRecord]:
+        by_digest = {digest(code): code for code in normalized_codes}
+        if not by_digest:
+            return {}
+        async with self._session() as session:
+            rows = await session.scalars(
+                select(Student).where(Student.code_digest.in_(list(by_digest)))
+            )
+            return {by_digest[r.code_digest]: StudentRecord(r.id, r.exam_id, r.name) for r in rows}
+
+    async def student_by_code(self, normalized_code: str) -> StudentRecord | None:
+        return (await self.students_by_codes([normalized_code])).get(normalized_code)
+
+    async def students_of_exam(self, exam_id: str) -> list[StudentRecord]:
+        async with self._session() as session:
+            rows = await session.scalars(
+                select(Student).where(Student.exam_id == exam_id).order_by(Student.id)
+            )
+            return [StudentRecord(r.id, r.exam_id, r.name) for r in rows]
+
+    # Presence
+
+    async def record_event(self, student_id: int, kind: str, detail: str | None = None) -> None:
+        async with self._session() as session, session.begin():
+            session.add(
+                StreamEvent(student_id=student_id, kind=kind, at=time.time(), detail=detail)
+            )
+
+    async def events(self, student_id: int) -> list[EventRecord]:
+        async with self._session() as session:
+            rows = await session.scalars(
+                select(StreamEvent)
+                .where(StreamEvent.student_id == student_id)
+                .order_by(StreamEvent.at, StreamEvent.id)
+            )
+            return [EventRecord(r.id, r.student_id, r.kind, r.at, r.detail) for r in rows]
+
+    # Chat
+
+    async def add_message(self, student_id: int, sender: str, text: str) -> MessageRecord:
+        row = ChatMessage(student_id=student_id, sender=sender, text=text, at=time.time())
+        async with self._session() as session, session.begin():
+            session.add(row)
+        return MessageRecord(row.id, row.student_id, row.sender, row.text, row.at)
+
+    async def messages(self, student_id: int, limit: int = HISTORY_LIMIT) -> list[MessageRecord]:
+        async with self._session() as session:
+            rows = await session.scalars(
+                select(ChatMessage)
+                .where(ChatMessage.student_id == student_id)
+                .order_by(ChatMessage.at.desc(), ChatMessage.id.desc())
+                .limit(limit)
+            )
+            out = [MessageRecord(r.id, r.student_id, r.sender, r.text, r.at) for r in rows]
+        out.reverse()
+        return out
+
+    # Attention
+
+    async def add_attention(self, student_id: int, sender: str) -> AttentionRecord:
+        row = AttentionRequest(student_id=student_id, sender=sender, at=time.time())
+        async with self._session() as session, session.begin():
+            session.add(row)
+        return AttentionRecord(row.id, row.student_id, row.sender, row.at, None)
+
+    async def resolve_attention(self, student_id: int, attention_id: int) -> bool:
+        async with self._session() as session, session.begin():
+            result = await session.execute(
+                update(AttentionRequest)
+                .where(
+                    AttentionRequest.id == attention_id,
+                    AttentionRequest.student_id == student_id,
+                    AttentionRequest.resolved_at.is_(None),
+                )
+                .values(resolved_at=time.time())
+            )
+            return (result.rowcount or 0) > 0
+
+    async def attention(self, student_id: int, limit: int = HISTORY_LIMIT) -> list[AttentionRecord]:
+        async with self._session() as session:
+            rows = await session.scalars(
+                select(AttentionRequest)
+                .where(AttentionRequest.student_id == student_id)
+                .order_by(AttentionRequest.at.desc(), AttentionRequest.id.desc())
+                .limit(limit)
+            )
+            out = [AttentionRecord(r.id, r.student_id, r.sender, r.at, r.resolved_at) for r in rows]
+        out.reverse()
+        return out

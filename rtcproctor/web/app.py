@@ -1,0 +1,214 @@
+"""The aiohttp application: the one object that holds the server's state."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import socketio
+from aiohttp import web
+
+from rtcproctor import __version__
+from rtcproctor.config import Settings
+from rtcproctor.signaling import SignalingServer
+from rtcproctor.signaling import validation as v
+from rtcproctor.signaling.ice import IceServers
+from rtcproctor.signaling.ratelimit import KeyedLimiter
+from rtcproctor.signaling.validation import Rejected
+from rtcproctor.store import Store
+
+log = logging.getLogger(__name__)
+
+SETTINGS = web.AppKey("settings", Settings)
+STORE = web.AppKey("store", Store)
+SIGNALING = web.AppKey("signaling", SignalingServer)
+SIO = web.AppKey("sio", socketio.AsyncServer)
+API_LIMIT = web.AppKey("api_limit", KeyedLimiter)
+STARTED = web.AppKey("started", float)
+
+MAX_SOCKET_PACKET = 256 * 1024
+MAX_HTTP_BODY = 256 * 1024
+MAX_NAMES = 500
+SOCKETIO_ESM = Path("node_modules/socket.io-client/dist/socket.io.esm.min.js")
+
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "media-src 'self' blob:; connect-src 'self' ws: wss:; object-src 'none'; "
+    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Permissions-Policy": "camera=(self), microphone=(self), screen-wake-lock=(self)",
+    "Cross-Origin-Opener-Policy": "same-origin",
+}
+
+
+@web.middleware
+async def security_headers(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        response = exc
+    if not request.path.startswith("/socket.io"):
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+    if isinstance(response, web.HTTPException) and response.status >= 400:
+        raise response
+    return response
+
+
+def _page(name: str):  # type: ignore[no-untyped-def]
+    async def handler(request: web.Request) -> web.FileResponse:
+        path = request.app[SETTINGS].resolved_static_dir / name
+        response = web.FileResponse(path)
+        response.headers["Cache-Control"] = "no-cache"
+        return response
+
+    return handler
+
+
+async def healthz(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    try:
+        async with store.engine.connect() as conn:
+            await conn.exec_driver_sql("SELECT 1")
+        database = "ok"
+    except Exception:
+        log.exception("health check: database unreachable")
+        database = "unreachable"
+    presence = request.app[SIGNALING].presence
+    body = {
+        "status": "ok" if database == "ok" else "degraded",
+        "version": __version__,
+        "database": database,
+        "uptime": round(time.time() - request.app[STARTED], 1),
+        "connections": len(presence.clients),
+        "live": sum(1 for s in presence.students.values() if s.live),
+    }
+    return web.json_response(body, status=200 if database == "ok" else 503)
+
+
+async def api_config(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    return web.json_response(
+        {
+            "iceServers": IceServers(stun_urls=settings.stun_urls).for_client(),
+            "video": settings.video.as_json(),
+        }
+    )
+
+
+def _error(status: int, rejected: Rejected) -> web.Response:
+    return web.json_response(rejected.as_ack(), status=status)
+
+
+def student_link(base_url: str, code: str) -> str:
+    return f"{base_url.rstrip('/')}/student#code={quote(code)}"
+
+
+async def api_exams(request: web.Request) -> web.Response:
+    """Create an exam (or extend one with its key) and a code per name."""
+    app = request.app
+    settings = app[SETTINGS]
+    address = request.remote or "unknown"
+    wait = app[API_LIMIT].spend(address)
+    if wait:
+        return _error(429, Rejected("rate_limited", "too many requests", retry_after=round(wait)))
+    if request.content_type != "application/json":
+        return _error(415, v.invalid("send JSON (Content-Type: application/json)"))
+    try:
+        data = v.payload(await request.json())
+        names_raw = v.text_list(data, "names", max_items=MAX_NAMES, max_len=v.MAX_NAME)
+        names = [n.strip() for n in names_raw if n.strip()]
+        if not names:
+            raise v.invalid("give at least one name")
+        exam_name = v.text(data, "name", max_len=200, required=False) or ""
+        exam_id = v.text(data, "exam", max_len=64, required=False)
+        key = v.text(data, "key", max_len=128, required=False)
+        base_url = v.text(data, "base_url", max_len=300, required=False)
+    except Rejected as rejected:
+        return _error(400, rejected)
+    except ValueError:
+        return _error(400, v.invalid("the body is not valid JSON"))
+    if settings.admin_token and not key:
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if token != settings.admin_token:
+            return _error(401, Rejected("unauthorized", "creating an exam needs the admin token"))
+    store = app[STORE]
+    if key:
+        exam = await store.exam_by_key(key)
+        if exam is None or (exam_id and exam.id != exam_id):
+            return _error(403, Rejected("unauthorized", "this proctor key is not valid"))
+        exam_key = key
+    else:
+        exam, exam_key = await store.create_exam(exam_name)
+    created = await store.add_students(exam.id, names)
+    if not base_url:
+        base_url = settings.base_url or f"{request.scheme}://{request.host}"
+    return web.json_response(
+        {
+            "ok": True,
+            "exam": exam.id,
+            "exam_name": exam.name,
+            "proctor_key": exam_key,
+            "students": [
+                {"name": s.name, "code": code, "link": student_link(base_url, code)}
+                for s, code in created
+            ],
+        }
+    )
+
+
+async def socketio_client(request: web.Request) -> web.StreamResponse:
+    path = request.app[SETTINGS].resolved_static_dir / SOCKETIO_ESM
+    if not path.is_file():
+        log.error("%s is missing: run the setup step (npm ci --prefix static)", path)
+        raise web.HTTPServiceUnavailable(text="socket.io client not installed; run `make install`")
+    return web.FileResponse(path, headers={"Cache-Control": "public, max-age=3600"})
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[security_headers], client_max_size=MAX_HTTP_BODY)
+    app[SETTINGS] = settings
+    app[API_LIMIT] = KeyedLimiter(rate=1.0, burst=20)
+    sio = socketio.AsyncServer(
+        async_mode="aiohttp",
+        max_http_buffer_size=MAX_SOCKET_PACKET,
+        ping_interval=10,
+        ping_timeout=10,
+        logger=False,
+        engineio_logger=False,
+    )
+    app[SIO] = sio
+    sio.attach(app)
+
+    async def startup(app: web.Application) -> None:
+        app[STARTED] = time.time()
+        app[STORE] = await Store.open(settings.resolved_database_url)
+        app[SIGNALING] = SignalingServer(sio, app[STORE], settings)
+        log.info("store: %s", app[STORE].engine.url.render_as_string(hide_password=True))
+
+    async def cleanup(app: web.Application) -> None:
+        await app[STORE].close()
+
+    app.on_startup.append(startup)
+    app.on_cleanup.append(cleanup)
+
+    static = settings.resolved_static_dir
+    app.router.add_get("/", _page("index.html"))
+    app.router.add_get("/student", _page("student.html"))
+    app.router.add_get("/monitor", _page("monitor.html"))
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/api/config", api_config)
+    app.router.add_post("/api/exams", api_exams)
+    app.router.add_get("/vendor/socket.io.esm.min.js", socketio_client)
+    for sub in ("css", "js", "img"):
+        if (static / sub).is_dir():
+            app.router.add_static(f"/static/{sub}/", static / sub, follow_symlinks=False)
+    return app

@@ -1,0 +1,109 @@
+"""The pure parts: codes, rate limits, presence rules, configuration, rosters."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from rtcproctor import codes
+from rtcproctor.cli import read_roster
+from rtcproctor.config import Settings
+from rtcproctor.signaling.presence import Presence
+from rtcproctor.signaling.ratelimit import KeyedLimiter, TokenBucket
+from rtcproctor.store import StudentRecord
+
+
+def test_generated_codes_are_long_random_and_readable():
+    made = {codes.generate_code() for _ in range(2000)}
+    assert len(made) == 2000
+    for code in list(made)[:50]:
+        groups = code.split("-")
+        assert [len(g) for g in groups] == [5, 5, 5]
+        assert set(code.replace("-", "")) <= set(codes.ALPHABET)
+    assert codes.CODE_LENGTH * math.log2(len(codes.ALPHABET)) >= 60
+    assert not set("01ILO") & set(codes.ALPHABET)
+
+
+def test_codes_normalise_and_reject_junk():
+    assert codes.normalize_code(" k7qm4 xh9td-2rfwn ") == "K7QM4XH9TD2RFWN"
+    assert codes.format_code("k7qm4xh9td2rfwn") == "K7QM4-XH9TD-2RFWN"
+    for bad in ("", "   ", "abc<script>", "x" * 65, "ÄÖÜ"):
+        with pytest.raises(codes.CodeError):
+            codes.normalize_code(bad)
+
+
+def test_external_codes_need_sixty_bits():
+    with pytest.raises(codes.CodeError):
+        codes.check_external_code("123456789012")  # 12 digits: ~40 bits
+    with pytest.raises(codes.CodeError):
+        codes.check_external_code("AAAAAAAAAAAAAAAAAAAA")
+    assert codes.check_external_code("1234567890123456789") == "1234567890123456789"
+    assert codes.check_external_code("ab12-cd34-ef56") == "AB12CD34EF56"
+
+
+def test_keys_are_digested_not_kept():
+    key = codes.generate_key()
+    assert len(key) >= 22 and codes.digest(key) != key and len(codes.digest(key)) == 64
+
+
+def test_token_bucket_allows_burst_then_waits():
+    bucket = TokenBucket(rate=1.0, burst=3)
+    assert [bucket.take() for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert bucket.take() > 0.5
+
+
+def test_keyed_limiter_is_per_key_and_bounded():
+    limiter = KeyedLimiter(rate=0.1, burst=2, max_keys=10)
+    limiter.spend("a")
+    limiter.spend("a")
+    assert limiter.blocked_for("a") > 0
+    assert limiter.blocked_for("b") == 0
+    for i in range(50):
+        limiter.spend(f"k{i}")
+    assert len(limiter._buckets) == 10
+
+
+def test_presence_peers_and_states():
+    presence = Presence()
+    state = presence.student(StudentRecord(1, "e", "Ann"), "CODE")
+    assert state.state == "offline"
+    assert presence.set_state(state, sid="s1") and state.state == "connected"
+    assert presence.set_state(state, live=True) and state.state == "live"
+    peer = presence.open_peer(state, "w1")
+    assert presence.peers_of("s1") == [peer] == presence.peers_of("w1")
+    assert presence.peers_between(1, "w1") == [peer]
+    presence.close_peer(peer.id)
+    assert presence.peers_of("s1") == [] and presence.close_peer(peer.id) is None
+    presence.set_state(state, sid=None)
+    assert state.state == "offline" and not state.live
+    presence.forget_if_idle(1)
+    assert 1 not in presence.students
+
+
+def test_settings_from_env_and_flags(tmp_path: Path):
+    env = {
+        "RTCPROCTOR_PORT": "9000",
+        "RTCPROCTOR_DATA_DIR": str(tmp_path),
+        "RTCPROCTOR_ICE_LOOPBACK": "yes",
+        "RTCPROCTOR_STUN_URLS": "stun:a:3478, stun:b",
+        "RTCPROCTOR_VIDEO_FPS": "5",
+    }
+    settings = Settings.from_env(env)
+    assert settings.port == 9000 and settings.ice_loopback
+    assert settings.stun_urls == ("stun:a:3478", "stun:b")
+    assert settings.video.frame_rate == 5
+    assert settings.resolved_database_url.endswith(f"{tmp_path}/rtcproctor.db")
+    assert settings.override(port=1234, host=None).port == 1234
+    with pytest.raises(ValueError, match="RTCPROCTOR_PORT"):
+        Settings.from_env({"RTCPROCTOR_PORT": "eighty"})
+
+
+def test_roster_reads_plain_lists_and_csv(tmp_path: Path):
+    plain = tmp_path / "plain.txt"
+    plain.write_text("Ann Lee\n\nBob, Jr\n")
+    assert read_roster(plain) == ["Ann Lee", "Bob"]
+    table = tmp_path / "roster.csv"
+    table.write_text("id,name,email\n1,Ann,a@x\n2,Bob,b@x\n")
+    assert read_roster(table) == ["Ann", "Bob"]

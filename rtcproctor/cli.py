@@ -57,8 +57,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from rtcproctor.rtc.loopback import allow_loopback_candidates
 
         allow_loopback_candidates()
-    if not settings.stun_urls:
-        log.info("no STUN/TURN configured: peers connect with host candidates (same network)")
+    if not (settings.turn_secret and settings.turn_urls):
+        log.warning(
+            "no TURN server configured (RTCPROCTOR_TURN_URLS, RTCPROCTOR_TURN_SECRET): "
+            "students and proctors must reach each other directly, e.g. on one LAN"
+        )
     log.info(
         "RTCProctor on http://%s:%d (student page /student, monitor /monitor)",
         settings.host,
@@ -144,6 +147,58 @@ def cmd_codes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _forbidden_peer(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return (host, int(port)) if host else (text, 9)
+
+
+def cmd_check_turn(args: argparse.Namespace) -> int:
+    from rtcproctor.rtc.turncheck import check_url
+    from rtcproctor.signaling.ice import IceServers
+
+    settings = _settings(args)
+    overrides = {
+        "turn_urls": tuple(args.url) if args.url else None,
+        "turn_secret": args.secret,
+    }
+    ice = IceServers.from_settings(settings.override(**overrides))
+    if not ice.has_turn:
+        print(
+            "rtcproctor check-turn: set RTCPROCTOR_TURN_URLS and RTCPROCTOR_TURN_SECRET "
+            "(or --url and --secret)",
+            file=sys.stderr,
+        )
+        return 2
+    credentials = next(s for s in ice.for_client("check-turn") if "username" in s)
+    forbidden = tuple(_forbidden_peer(p) for p in args.expect_refused)
+
+    async def run() -> list:
+        return [
+            await check_url(url, credentials["username"], credentials["credential"], forbidden)
+            for url in ice.turn_urls
+        ]
+
+    reports = asyncio.run(run())
+    if args.json:
+        print(json.dumps([r.as_json() for r in reports], indent=2))
+    else:
+        for r in reports:
+            if r.ok:
+                refused = ", ".join(f"{k} refused" for k in r.refused)
+                print(
+                    f"OK    {r.url}: allocated relay {r.relayed[0]}:{r.relayed[1]}, "
+                    f"relayed a datagram between two allocations"
+                    + (f"; {refused}" if refused else "")
+                )
+            else:
+                problems = [r.error] if r.error else []
+                if not r.relay_roundtrip and not r.error:
+                    problems.append("no datagram came back through the relay")
+                problems += [f"{k} was NOT refused" for k, ok in r.refused.items() if not ok]
+                print(f"FAIL  {r.url}: {'; '.join(problems)}")
+    return 0 if all(r.ok for r in reports) else 1
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from rtcproctor.sim.cli import run
 
@@ -189,6 +244,25 @@ def build_parser() -> argparse.ArgumentParser:
     codes.set_defaults(func=cmd_codes)
 
     from rtcproctor.bench.cli import add_parser as add_bench
+
+    turn = sub.add_parser(
+        "check-turn", help="allocate and relay through the configured TURN servers"
+    )
+    _common(turn)
+    turn.add_argument(
+        "--url", action="append", help="turn:/turns: URL (repeatable; default RTCPROCTOR_TURN_URLS)"
+    )
+    turn.add_argument("--secret", help="shared secret (default RTCPROCTOR_TURN_SECRET)")
+    turn.add_argument(
+        "--expect-refused",
+        action="append",
+        default=[],
+        metavar="IP[:PORT]",
+        help="also check that relaying to this address is refused (e.g. 127.0.0.1, 10.0.0.1)",
+    )
+    turn.add_argument("--json", action="store_true")
+    turn.set_defaults(func=cmd_check_turn)
+
     from rtcproctor.sim.cli import add_parser as add_simulate
 
     add_simulate(sub)

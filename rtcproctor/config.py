@@ -57,6 +57,9 @@ class Settings:
     log_level: str = "INFO"
     ice_loopback: bool = False
     stun_urls: tuple[str, ...] = ()
+    turn_urls: tuple[str, ...] = ()
+    turn_secret: str | None = None
+    turn_ttl: int = 6 * 3600
     admin_token: str | None = None
     trust_proxy: bool = False
     static_dir: Path | None = None
@@ -97,6 +100,9 @@ class Settings:
             "LOG_LEVEL": ("log_level", str),
             "ICE_LOOPBACK": ("ice_loopback", _bool),
             "STUN_URLS": ("stun_urls", lambda v: tuple(_list(v))),
+            "TURN_URLS": ("turn_urls", lambda v: tuple(_list(v))),
+            "TURN_SECRET": ("turn_secret", str),
+            "TURN_TTL": ("turn_ttl", int),
             "ADMIN_TOKEN": ("admin_token", str),
             "TRUST_PROXY": ("trust_proxy", _bool),
             "STATIC_DIR": ("static_dir", Path),

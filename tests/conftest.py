@@ -18,3 +18,33 @@ def server(tmp_path: Path):
     if artifacts and srv.log_path:
         Path(artifacts).mkdir(parents=True, exist_ok=True)
         shutil.copy(srv.log_path, Path(artifacts) / f"{tmp_path.name}-server.log")
+
+
+@pytest.fixture
+async def browser():
+    from playwright.async_api import async_playwright
+
+    from tests.browser import launch
+
+    async with async_playwright() as playwright:
+        chromium = await launch(playwright)
+        yield chromium
+        await chromium.close()
+
+
+@pytest.fixture
+def turn(tmp_path: Path):
+    from tests.support import Turn
+
+    server = Turn(tmp_path / "turn").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def production_turn(tmp_path: Path):
+    from tests.support import Turn
+
+    server = Turn(tmp_path / "turn-prod", loopback=False).start()
+    yield server
+    server.stop()

@@ -109,3 +109,65 @@ class Server:
         for student, name in zip(exam["students"], names, strict=True):
             student["name_hint"] = name
         return exam
+
+
+REPO = Path(__file__).resolve().parent.parent
+PRODUCTION_TURN_CONF = REPO / "coturn" / "turnserver.conf"
+
+
+@dataclass
+class Turn:
+    """A real coturn on 127.0.0.1 running the project's own config.
+
+    `loopback=True` changes only what loopback testing needs: the 127.0.0.0/8 denial
+    is dropped and `allow-loopback-peers` added. Otherwise the production policy holds.
+    """
+
+    workdir: Path
+    secret: str = "test-shared-secret"
+    loopback: bool = True
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"turn:127.0.0.1:{self.port}"
+
+    def config(self) -> str:
+        lines = PRODUCTION_TURN_CONF.read_text().splitlines()
+        if self.loopback:
+            lines = [ln for ln in lines if ln.strip() != "denied-peer-ip=127.0.0.0-127.255.255.255"]
+            lines.append("allow-loopback-peers")
+        lines += [
+            "listening-ip=127.0.0.1",
+            "relay-ip=127.0.0.1",
+            f"listening-port={self.port}",
+            f"static-auth-secret={self.secret}",
+            "realm=rtcproctor.test",
+            f"pidfile={self.workdir / 'turnserver.pid'}",
+            f"userdb={self.workdir / 'turndb'}",
+        ]
+        return "\n".join(lines) + "\n"
+
+    def start(self) -> Turn:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        conf = self.workdir / "turnserver.conf"
+        conf.write_text(self.config())
+        with open(self.workdir / "turnserver.log", "ab") as log:
+            self.process = subprocess.Popen(
+                ["turnserver", "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError((self.workdir / "turnserver.log").read_text())
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return self
+            time.sleep(0.05)
+        raise RuntimeError("turnserver did not start")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)

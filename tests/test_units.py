@@ -107,3 +107,24 @@ def test_roster_reads_plain_lists_and_csv(tmp_path: Path):
     table = tmp_path / "roster.csv"
     table.write_text("id,name,email\n1,Ann,a@x\n2,Bob,b@x\n")
     assert read_roster(table) == ["Ann", "Bob"]
+
+
+def test_turn_urls_parse():
+    from rtcproctor.rtc.turncheck import TurnUrl
+
+    assert TurnUrl.parse("turn:turn.example.org") == TurnUrl(False, "turn.example.org", 3478, "udp")
+    assert TurnUrl.parse("turns:t.example.org:443?transport=tcp") == TurnUrl(
+        True, "t.example.org", 443, "tcp"
+    )
+    assert TurnUrl.parse("turn:[2001:db8::1]:3478?transport=tcp").host == "2001:db8::1"
+    with pytest.raises(ValueError):
+        TurnUrl.parse("stun:x:3478")
+
+
+def test_ice_servers_without_turn_are_explicit_and_empty():
+    from rtcproctor.signaling.ice import IceServers
+
+    assert IceServers().for_client() == []
+    assert IceServers(turn_urls=("turn:x",)).for_client() == []  # no secret, no TURN
+    with_turn = IceServers(turn_urls=("turn:x",), turn_secret="s", ttl=60).for_client("id")
+    assert with_turn[0]["username"].endswith(":id")

@@ -54,7 +54,7 @@ class SignalingServer:
         self.sio = sio
         self.store = store
         self.settings = settings
-        self.ice = IceServers(stun_urls=settings.stun_urls)
+        self.ice = IceServers.from_settings(settings)
         self.presence = Presence()
         self.guesses = KeyedLimiter(GUESS_RATE, GUESS_BURST)
         self._buckets: dict[str, tuple[TokenBucket, TokenBucket]] = {}

@@ -96,12 +96,18 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def api_config(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
+    ice = IceServers.from_settings(settings)
     return web.json_response(
-        {
-            "iceServers": IceServers(stun_urls=settings.stun_urls).for_client(),
-            "video": settings.video.as_json(),
-        }
+        {"iceServers": ice.for_client(), "ttl": ice.ttl, "video": settings.video.as_json()}
     )
+
+
+async def ice_servers(request: web.Request) -> web.Response:
+    """Fresh short-lived TURN credentials for a page (or any WebRTC client of this server)."""
+    ice = IceServers.from_settings(request.app[SETTINGS])
+    response = web.json_response({"iceServers": ice.for_client(), "ttl": ice.ttl})
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 def _error(status: int, rejected: Rejected) -> web.Response:
@@ -206,6 +212,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/monitor", _page("monitor.html"))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/api/config", api_config)
+    app.router.add_get("/ice-servers", ice_servers)
     app.router.add_post("/api/exams", api_exams)
     app.router.add_get("/vendor/socket.io.esm.min.js", socketio_client)
     for sub in ("css", "js", "img"):

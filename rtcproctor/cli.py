@@ -62,13 +62,35 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "no TURN server configured (RTCPROCTOR_TURN_URLS, RTCPROCTOR_TURN_SECRET): "
             "students and proctors must reach each other directly, e.g. on one LAN"
         )
+    ssl_context = None
+    if args.tls_self_signed or args.tls_cert:
+        from rtcproctor.web.tls import fingerprint, self_signed, server_context
+
+        if args.tls_cert:
+            cert, key = args.tls_cert, args.tls_key or args.tls_cert
+        else:
+            cert, key = self_signed(settings.data_dir / "tls")
+            log.warning(
+                "self-signed certificate %s (SHA-256 %s): browsers warn once; "
+                "check the fingerprint before accepting",
+                cert,
+                fingerprint(cert),
+            )
+        ssl_context = server_context(cert, key)
+    scheme = "https" if ssl_context else "http"
     log.info(
-        "RTCProctor on http://%s:%d (student page /student, monitor /monitor)",
+        "RTCProctor on %s://%s:%d (student page /student, monitor /monitor)",
+        scheme,
         settings.host,
         settings.port,
     )
     web.run_app(
-        create_app(settings), host=settings.host, port=settings.port, print=None, access_log=None
+        create_app(settings),
+        ssl_context=ssl_context,
+        host=settings.host,
+        port=settings.port,
+        print=None,
+        access_log=None,
     )
     return 0
 
@@ -222,6 +244,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--base-url", help="public URL used in student links (env RTCPROCTOR_BASE_URL)"
     )
+    serve.add_argument(
+        "--tls-self-signed",
+        action="store_true",
+        help="serve HTTPS with a self-signed certificate kept in the data dir (LAN trials)",
+    )
+    serve.add_argument("--tls-cert", type=Path, help="serve HTTPS with this PEM certificate")
+    serve.add_argument("--tls-key", type=Path, help="the certificate's PEM key")
     serve.add_argument(
         "--ice-loopback",
         action="store_true",

@@ -20,6 +20,12 @@ def _bool(value: str) -> bool:
     raise ValueError(f"not a boolean: {value!r}")
 
 
+def _policy(value: str) -> str:
+    if value not in ("all", "relay"):
+        raise ValueError("must be 'all' or 'relay'")
+    return value
+
+
 def _list(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
@@ -60,6 +66,7 @@ class Settings:
     turn_urls: tuple[str, ...] = ()
     turn_secret: str | None = None
     turn_ttl: int = 6 * 3600
+    ice_transport_policy: str = "all"
     admin_token: str | None = None
     trust_proxy: bool = False
     static_dir: Path | None = None
@@ -103,6 +110,7 @@ class Settings:
             "TURN_URLS": ("turn_urls", lambda v: tuple(_list(v))),
             "TURN_SECRET": ("turn_secret", str),
             "TURN_TTL": ("turn_ttl", int),
+            "ICE_TRANSPORT_POLICY": ("ice_transport_policy", _policy),
             "ADMIN_TOKEN": ("admin_token", str),
             "TRUST_PROXY": ("trust_proxy", _bool),
             "STATIC_DIR": ("static_dir", Path),

@@ -41,6 +41,7 @@ class IceServers:
     turn_urls: tuple[str, ...] = ()
     turn_secret: str | None = None
     ttl: int = DEFAULT_TTL
+    policy: str = "all"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> IceServers:
@@ -49,11 +50,16 @@ class IceServers:
             turn_urls=settings.turn_urls,
             turn_secret=settings.turn_secret,
             ttl=settings.turn_ttl,
+            policy=settings.ice_transport_policy,
         )
 
     @property
     def has_turn(self) -> bool:
         return bool(self.turn_secret and self.turn_urls)
+
+    def rtc_configuration(self, identity: str | None = None) -> dict[str, Any]:
+        """What a page passes to `new RTCPeerConnection(...)`."""
+        return {"iceServers": self.for_client(identity), "iceTransportPolicy": self.policy}
 
     def for_client(self, identity: str | None = None) -> list[dict[str, Any]]:
         """An explicit list, possibly empty: no public STUN host is ever implied."""

@@ -206,7 +206,7 @@ class SignalingServer:
         peer = self.presence.open_peer(state, watcher_sid)
         await self.sio.emit(
             "peer:request",
-            {"peer": peer.id, "iceServers": self.ice.for_client(), "audioOnly": peer.audio_only},
+            {"peer": peer.id, **self.ice.rtc_configuration(), "audioOnly": peer.audio_only},
             to=state.sid,
         )
 
@@ -261,7 +261,7 @@ class SignalingServer:
         return {
             "student": {"name": record.name},
             "code": code,
-            "iceServers": self.ice.for_client(),
+            **self.ice.rtc_configuration(),
             "chat": [message_json(m, code) for m in chat],
             "video": self.settings.video.as_json(),
         }
@@ -336,7 +336,7 @@ class SignalingServer:
         answer: dict[str, Any] = {
             "students": students,
             "errors": errors,
-            "iceServers": self.ice.for_client(),
+            **self.ice.rtc_configuration(),
         }
         if key:
             answer["history"] = history

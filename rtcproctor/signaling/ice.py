@@ -59,7 +59,11 @@ class IceServers:
 
     def rtc_configuration(self, identity: str | None = None) -> dict[str, Any]:
         """What a page passes to `new RTCPeerConnection(...)`."""
-        return {"iceServers": self.for_client(identity), "iceTransportPolicy": self.policy}
+        return {
+            "iceServers": self.for_client(identity),
+            "iceTransportPolicy": self.policy,
+            "ttl": self.ttl,
+        }
 
     def for_client(self, identity: str | None = None) -> list[dict[str, Any]]:
         """An explicit list, possibly empty: no public STUN host is ever implied."""

@@ -27,6 +27,7 @@ EVENT_RATE, EVENT_BURST = 20.0, 60.0
 CHAT_RATE, CHAT_BURST = 2.0, 10.0
 # Ten wrong codes at once, then one every six seconds: guessing a 60-bit code is hopeless.
 GUESS_RATE, GUESS_BURST = 1 / 6, 10.0
+TYPO_COST = 0.2
 
 
 def room(student_id: int) -> str:
@@ -316,7 +317,9 @@ class SignalingServer:
         for raw, code in wanted:
             record = found.get(code)
             if record is None or limited:
-                if not limited and self.guesses.spend(client.address) == 0:
+                # A proctor with a valid key mistyping a code is not guessing: it costs less.
+                cost = TYPO_COST if client.authorized_exams else 1.0
+                if not limited and self.guesses.spend(client.address, cost) == 0:
                     error = Rejected("unknown_code", "no student has this code")
                 else:
                     limited = True

@@ -98,14 +98,14 @@ async def api_config(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     ice = IceServers.from_settings(settings)
     return web.json_response(
-        {**ice.rtc_configuration(), "ttl": ice.ttl, "video": settings.video.as_json()}
+        {**ice.rtc_configuration(), "video": settings.video.as_json()}
     )
 
 
 async def ice_servers(request: web.Request) -> web.Response:
     """Fresh short-lived TURN credentials for a page (or any WebRTC client of this server)."""
     ice = IceServers.from_settings(request.app[SETTINGS])
-    response = web.json_response({**ice.rtc_configuration(), "ttl": ice.ttl})
+    response = web.json_response(ice.rtc_configuration())
     response.headers["Cache-Control"] = "no-store"
     return response
 

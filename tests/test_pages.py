@@ -1,0 +1,205 @@
+"""End to end in real headless Chromium: student phone page → WebRTC → monitor page."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.browser import DESKTOP, PHONE, Tab, open_tab
+
+pytestmark = pytest.mark.browser
+
+ARTIFACTS = Path(os.environ.get("RTCPROCTOR_TEST_ARTIFACTS", "test-artifacts"))
+
+
+async def live_student(browser, server, code: str, viewport=PHONE) -> Tab:
+    tab = await open_tab(browser, f"{server.url}/student#code={code}", viewport)
+    await tab.page.wait_for_function("() => window.rtcproctor?.state === 'joined'")
+    await tab.page.click("#go-live")
+    await tab.page.wait_for_function("() => window.rtcproctor.state === 'live'")
+    return tab
+
+
+async def monitor(browser, server, students, key: str | None = None) -> Tab:
+    tab = await open_tab(browser, f"{server.url}/monitor" + (f"#key={key}" if key else ""))
+    await tab.page.fill("#roster-input", "\n".join(f"{name},{code}" for name, code in students))
+    await tab.page.click("#next-button")
+    await tab.page.wait_for_selector("#board:not([hidden])")
+    return tab
+
+
+async def student_chat(tab: Tab, text: str) -> None:
+    """Type a chat message as a student would (opening the collapsed panel on a phone)."""
+    if await tab.page.get_attribute("#chat-toggle", "aria-expanded") != "true":
+        await tab.page.click("#chat-toggle")
+    await tab.page.fill("#chat-input", text)
+    await tab.page.press("#chat-input", "Enter")
+
+
+def norm(code: str) -> str:
+    return code.replace("-", "")
+
+
+async def video_playing(tab: Tab, code: str, within: float = 20_000) -> None:
+    """The tile's video has frames and its time advances."""
+    script = """([code, after]) => {
+        const t = window.rtcproctor.tiles.get(code);
+        return t && t.video.videoWidth > 0 && t.video.currentTime > after;
+    }"""
+    await tab.page.wait_for_function(script, arg=[norm(code), 0], timeout=within)
+    now = await tab.page.evaluate(
+        "(code) => window.rtcproctor.tiles.get(code).video.currentTime", norm(code)
+    )
+    await tab.page.wait_for_function(script, arg=[norm(code), now + 0.5], timeout=within)
+
+
+async def tile_state(tab: Tab, code: str, state: str, within: float = 20_000) -> None:
+    await tab.page.wait_for_function(
+        "([code, state]) => window.rtcproctor.tiles.get(code)?.state === state",
+        arg=[norm(code), state],
+        timeout=within,
+    )
+
+
+async def shot(tab: Tab, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    await tab.page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def clean(tab: Tab) -> list[str]:
+    return [p for p in tab.problems() if "ERR_CONNECTION_REFUSED" not in p]
+
+
+async def test_video_chat_and_attention_between_phone_and_monitor(browser, server):
+    exam = server.codes("Ann")
+    code = exam["students"][0]["code"]
+    student = await live_student(browser, server, code)
+    proctor = await monitor(browser, server, [("Ann Lee", code)], key=exam["proctor_key"])
+    await video_playing(proctor, code)
+    await shot(student, "student-phone-live")
+    await shot(proctor, "monitor-desktop-grid")
+
+    # Student → proctor chat, with markup that must stay text.
+    payload = '<img src=x onerror="document.title=1">hello'
+    await student_chat(student, payload)
+    await proctor.page.wait_for_function(
+        "(code) => window.rtcproctor.tiles.get(code).unread > 0", arg=norm(code)
+    )
+    await proctor.page.locator(".tile-button", has_text="Ann Lee").click()
+    await proctor.page.wait_for_selector("#large-view[open]")
+    chat = proctor.page.locator("#lv-chat-list")
+    await chat.get_by_text(payload).wait_for()
+    assert await chat.locator("img").count() == 0
+
+    # Proctor → student chat and attention.
+    await proctor.page.fill("#lv-chat-input", "Please face the camera")
+    await proctor.page.press("#lv-chat-input", "Enter")
+    await student.page.locator("#chat-list").get_by_text("Please face the camera").wait_for()
+    await proctor.page.click("#lv-attention")
+    await student.page.wait_for_selector("#attention-banner:not([hidden])")
+    await shot(proctor, "monitor-desktop-large-view")
+
+    # Student → proctor attention: a badge on the tile and a notification.
+    await proctor.page.click("#lv-close")
+    await student.page.click("#attention-dismiss")
+    await student.page.click("#raise-attention")
+    await proctor.page.wait_for_function(
+        "(code) => window.rtcproctor.tiles.get(code).attention.size > 0", arg=norm(code)
+    )
+    await proctor.page.locator("#notifications li").first.wait_for()
+    await shot(student, "student-phone-chat")
+    assert clean(student) == [] and clean(proctor) == []
+
+
+async def test_two_proctors_watch_one_student_and_leaving_does_not_interrupt(browser, server):
+    exam = server.codes("Ann")
+    code = exam["students"][0]["code"]
+    await live_student(browser, server, code)
+    first = await monitor(browser, server, [("Ann", code)])
+    second = await monitor(browser, server, [("Ann", code)])
+    await video_playing(first, code)
+    await video_playing(second, code)
+    await second.page.context.close()
+    await video_playing(first, code)
+
+
+async def test_student_network_drop_and_return_brings_the_tile_back(browser, server):
+    exam = server.codes("Ann")
+    code = exam["students"][0]["code"]
+    student = await live_student(browser, server, code)
+    proctor = await monitor(browser, server, [("Ann", code)])
+    await video_playing(proctor, code)
+    await student.page.context.set_offline(True)
+    await tile_state(proctor, code, "offline", within=40_000)
+    await student.page.context.set_offline(False)
+    await tile_state(proctor, code, "live", within=40_000)
+    await video_playing(proctor, code, within=40_000)
+
+
+async def test_pages_reconnect_by_themselves_after_a_server_restart(browser, server):
+    exam = server.codes("Ann")
+    code = exam["students"][0]["code"]
+    student = await live_student(browser, server, code)
+    proctor = await monitor(browser, server, [("Ann", code)])
+    await video_playing(proctor, code)
+    server.stop()
+    await proctor.page.wait_for_function("() => !window.rtcproctor.socketConnected")
+    server.start()
+    await tile_state(proctor, code, "live", within=40_000)
+    await video_playing(proctor, code, within=40_000)
+    await student.page.wait_for_function("() => window.rtcproctor.state === 'live'")
+
+
+async def test_a_page_with_one_code_never_sees_another(browser, server):
+    exam = server.codes("Ann", "Bob")
+    ann, bob = (s["code"] for s in exam["students"])
+    bob_page = await live_student(browser, server, bob)
+    await student_chat(bob_page, "bob's private message")
+    await bob_page.page.locator("#chat-list").get_by_text("bob's private message").wait_for()
+    proctor = await monitor(browser, server, [("Ann", ann)])
+    await tile_state(proctor, ann, "offline")
+    await live_student(browser, server, ann)
+    await video_playing(proctor, ann)
+    tiles = await proctor.page.evaluate("() => [...window.rtcproctor.tiles.keys()]")
+    assert tiles == [norm(ann)]
+    text = await proctor.page.content()
+    assert norm(bob) not in text.replace("-", "") and "private message" not in text
+    assert "Student 2" not in text
+
+
+async def test_second_device_takes_over_and_the_first_is_told(browser, server):
+    exam = server.codes("Ann")
+    code = exam["students"][0]["code"]
+    old = await live_student(browser, server, code)
+    proctor = await monitor(browser, server, [("Ann", code)])
+    await video_playing(proctor, code)
+    await live_student(browser, server, code)
+    await old.page.wait_for_function("() => window.rtcproctor.state === 'replaced'")
+    await old.page.wait_for_selector("#replaced-section:not([hidden])")
+    assert await old.page.evaluate("() => window.rtcproctor.peers.size") == 0
+    await video_playing(proctor, code)
+
+
+async def test_monitor_generates_codes_and_reports_bad_lines(browser, server):
+    tab = await open_tab(browser, f"{server.url}/monitor", PHONE)
+    await tab.page.fill("#roster-input", "Ann,\nthis line has no code\n\nBob\tSHORT")
+    await tab.page.click("#next-button")
+    problems = tab.page.locator("#roster-problems")
+    await problems.get_by_text("1").first.wait_for()
+    assert "2" in await problems.inner_text()
+    await tab.page.click("#generate-link")
+    await tab.page.fill("#names-input", "Ann Lee\nBob Stone")
+    await tab.page.click("#generate-button")
+    await tab.page.wait_for_selector("#generate-result:not([hidden])")
+    key = (await tab.page.inner_text("#generated-key")).strip()
+    assert len(key) >= 22
+    href = await tab.page.get_attribute("#csv-link", "href")
+    assert href and href.startswith("blob:")
+    await shot(tab, "monitor-phone-generated")
+    await tab.page.click("#monitor-generated")
+    await tab.page.wait_for_selector("#board:not([hidden])")
+    assert await tab.page.evaluate("() => window.rtcproctor.tiles.size") == 2
+    await tab.page.set_viewport_size(DESKTOP)
+    await shot(tab, "monitor-desktop-two-offline")

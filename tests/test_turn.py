@@ -94,3 +94,40 @@ def test_check_turn_command_reports_success_and_failure(turn):
     assert bad.returncode == 1 and "401" in bad.stdout
     unset = subprocess.run(base, capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
     assert unset.returncode == 2 and "RTCPROCTOR_TURN_SECRET" in unset.stderr
+
+
+@pytest.fixture
+def relay_server(tmp_path, turn):
+    env = {
+        "RTCPROCTOR_TURN_SECRET": turn.secret,
+        "RTCPROCTOR_TURN_URLS": turn.url,
+        "RTCPROCTOR_ICE_TRANSPORT_POLICY": "relay",
+    }
+    srv = Server(data_dir=tmp_path / "data", env=env).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.mark.browser
+async def test_chromium_streams_through_coturn_with_relay_only(browser, relay_server):
+    from tests.test_pages import live_student, monitor, video_playing
+
+    exam = relay_server.codes("Ann")
+    code = exam["students"][0]["code"]
+    student = await live_student(browser, relay_server, code)
+    proctor = await monitor(browser, relay_server, [("Ann", code)])
+    await video_playing(proctor, code)
+    selected = """async () => {
+        const result = [];
+        for (const pc of window.rtcproctor.peers.values()) {
+            const stats = [...(await pc.getStats()).values()];
+            const pair = stats.find((s) => s.type === 'candidate-pair' && s.nominated
+                                           && s.state === 'succeeded');
+            const local = stats.find((s) => s.id === pair.localCandidateId);
+            const remote = stats.find((s) => s.id === pair.remoteCandidateId);
+            result.push([local.candidateType, remote.candidateType,
+                         pc.getConfiguration().iceTransportPolicy]);
+        }
+        return result;
+    }"""
+    assert await student.page.evaluate(selected) == [["relay", "relay", "relay"]]

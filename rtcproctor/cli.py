@@ -96,8 +96,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def read_roster(path: Path) -> list[str]:
-    """Names from a roster: one per line, or a CSV whose `name` column (else first) holds them."""
-    text = path.read_text(encoding="utf-8-sig")
+    """Names from a roster: one per line, or a CSV whose `name` column (else first) holds them.
+
+    `-` reads standard input, so `docker compose exec -T … codes --names - < roster.csv` works.
+    """
+    text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8-sig")
+    text = text.removeprefix("\ufeff")
     rows = [row for row in csv.reader(io.StringIO(text)) if any(c.strip() for c in row)]
     if not rows:
         return []
@@ -221,6 +225,27 @@ def cmd_check_turn(args: argparse.Namespace) -> int:
     return 0 if all(r.ok for r in reports) else 1
 
 
+def cmd_backup(args: argparse.Namespace) -> int:
+    """A consistent copy of a live SQLite database (the online backup API, safe while serving)."""
+    import sqlite3
+
+    from sqlalchemy.engine import make_url
+
+    settings = _settings(args)
+    url = make_url(settings.resolved_database_url)
+    if url.get_backend_name() != "sqlite" or not url.database:
+        print("rtcproctor backup: only for SQLite; for PostgreSQL use pg_dump", file=sys.stderr)
+        return 2
+    if not Path(url.database).exists():
+        print(f"rtcproctor backup: no database at {url.database}", file=sys.stderr)
+        return 2
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(url.database) as source, sqlite3.connect(args.output) as target:
+        source.backup(target)
+    print(f"backed up {url.database} to {args.output}", file=sys.stderr)
+    return 0
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from rtcproctor.sim.cli import run
 
@@ -291,6 +316,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     turn.add_argument("--json", action="store_true")
     turn.set_defaults(func=cmd_check_turn)
+
+    backup = sub.add_parser("backup", help="copy the SQLite database safely while serving")
+    _common(backup)
+    backup.add_argument("output", type=Path, help="file to write the copy to")
+    backup.set_defaults(func=cmd_backup)
 
     from rtcproctor.sim.cli import add_parser as add_simulate
 

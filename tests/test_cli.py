@@ -37,3 +37,16 @@ async def test_codes_from_a_roster_work_on_the_running_server(server, tmp_path):
         assert ack["ok"] and ack["student"]["name"] == "Bob Stone"
     finally:
         await page.close()
+
+
+def test_backup_copies_the_live_database_and_names_come_from_stdin(server, tmp_path):
+    import sqlite3
+
+    out = rtcproctor(
+        "codes", "--names", "-", "--data-dir", str(server.data_dir), input="Ann\nBob\n"
+    )
+    assert [r["name"] for r in csv.DictReader(io.StringIO(out.stdout))] == ["Ann", "Bob"]
+    copy = tmp_path / "backup" / "copy.db"
+    rtcproctor("backup", str(copy), "--data-dir", str(server.data_dir))
+    with sqlite3.connect(copy) as db:
+        assert db.execute("select count(*) from students").fetchone() == (2,)

@@ -246,18 +246,6 @@ def cmd_backup(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_simulate(args: argparse.Namespace) -> int:
-    from rtcproctor.sim.cli import run
-
-    return run(args)
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    from rtcproctor.bench.cli import run
-
-    return run(args)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rtcproctor", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)

@@ -19,6 +19,7 @@ from rtcproctor.signaling.ice import IceServers
 from rtcproctor.signaling.ratelimit import KeyedLimiter
 from rtcproctor.signaling.validation import Rejected
 from rtcproctor.store import Store
+from rtcproctor.web.runtime import tune_gc
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +200,7 @@ def create_app(settings: Settings) -> web.Application:
         app[STORE] = await Store.open(settings.resolved_database_url)
         app[SIGNALING] = SignalingServer(sio, app[STORE], settings)
         log.info("store: %s", app[STORE].engine.url.render_as_string(hide_password=True))
+        tune_gc()
 
     async def cleanup(app: web.Application) -> None:
         await app[STORE].close()

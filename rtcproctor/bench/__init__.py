@@ -1,0 +1,1 @@
+"""Benchmarks that print figures (medians, percentiles, the machine's core count)."""

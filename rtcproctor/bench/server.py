@@ -1,0 +1,148 @@
+"""The server under measurement: a fresh `rtcproctor serve` on loopback, or one given by URL.
+
+A fresh server gets its own temporary data dir and its codes from `rtcproctor codes`;
+a given one gets codes through `POST /api/exams`, 500 names at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MAX_NAMES_PER_REQUEST = 500
+MAX_CODES_PER_COMMAND = 5000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    """In the child: a killed benchmark must not leave its server running (Linux prctl)."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class BenchServer:
+    url: str
+    process: subprocess.Popen[bytes] | None = None
+    data_dir: Path | None = None
+    _key: str | None = field(default=None, repr=False)
+    _exam: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def start(cls, timeout: float = 30.0) -> BenchServer:
+        data_dir = Path(tempfile.mkdtemp(prefix="rtcproctor-bench-"))
+        port = free_port()
+        log = open(data_dir / "server.log", "wb")  # noqa: SIM115 - the child keeps writing to it
+        process = subprocess.Popen(
+            [sys.executable, "-m", "rtcproctor", "serve", "--host", "127.0.0.1",
+             "--port", str(port), "--data-dir", str(data_dir), "--ice-loopback"],
+            stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, "RTCPROCTOR_LOG_LEVEL": "WARNING"},
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
+        log.close()
+        server = cls(f"http://127.0.0.1:{port}", process, data_dir)
+        try:
+            server.wait_healthy(timeout)
+        except BaseException:
+            server.stop()
+            raise
+        return server
+
+    def wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"the server exited:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"the server did not answer /healthz within {timeout:g} s")
+
+    def log(self) -> str:
+        path = self.data_dir / "server.log" if self.data_dir else None
+        return path.read_text(errors="replace")[-4000:] if path and path.exists() else ""
+
+    def codes(self, count: int) -> list[str]:
+        """`count` fresh stream codes on this server."""
+        codes: list[str] = []
+        while len(codes) < count:
+            if self.process is not None:
+                codes += self._cli_codes(min(count - len(codes), MAX_CODES_PER_COMMAND))
+            else:
+                codes += self._api_codes(min(count - len(codes), MAX_NAMES_PER_REQUEST))
+        return codes
+
+    def _cli_codes(self, count: int) -> list[str]:
+        out = subprocess.run(
+            [sys.executable, "-m", "rtcproctor", "codes", "--count", str(count), "--json",
+             "--data-dir", str(self.data_dir), "--base-url", self.url],
+            check=True, capture_output=True, text=True, timeout=120,
+        )
+        return [s["code"] for s in json.loads(out.stdout)["students"]]
+
+    def _api_codes(self, count: int) -> list[str]:
+        body: dict[str, object] = {"names": [f"Bench {i}" for i in range(count)]}
+        if self._key:
+            body |= {"exam": self._exam, "key": self._key}
+        request = urllib.request.Request(
+            self.url + "/api/exams", data=json.dumps(body).encode(), method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            answer = json.load(response)
+        self._exam, self._key = answer["exam"], answer["proctor_key"]
+        return [s["code"] for s in answer["students"]]
+
+    def cpu_seconds(self) -> float | None:
+        """User+system CPU time of our own server process (Linux /proc), else None."""
+        if self.process is None:
+            return None
+        try:
+            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def queued_seconds(self) -> float | None:
+        """Time the server's main (event-loop) thread was runnable but waiting for a CPU."""
+        return None if self.process is None else run_queue_seconds(self.process.pid)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.data_dir is not None:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def run_queue_seconds(pid: int | str = "self") -> float | None:
+    """Run-queue delay of a process's main thread from /proc/PID/schedstat (Linux), else None."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return None

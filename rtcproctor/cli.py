@@ -225,6 +225,34 @@ def cmd_check_turn(args: argparse.Namespace) -> int:
     return 0 if all(r.ok for r in reports) else 1
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from rtcproctor.store import Store
+    from rtcproctor.store.report import build_report, report_csv
+
+    settings = _settings(args)
+
+    async def run() -> dict[str, Any] | None:
+        store = await Store.open(settings.resolved_database_url)
+        try:
+            exam = await store.exam_by_key(args.key)
+            if exam is None:
+                return None
+            return await build_report(store, exam, settings.public_base_url())
+        finally:
+            await store.close()
+
+    report = asyncio.run(run())
+    if report is None:
+        print("rtcproctor report: that proctor key matches no exam", file=sys.stderr)
+        return 2
+    text = report_csv(report) if args.format == "csv" else json.dumps(report, indent=2) + "\n"
+    if args.output:
+        args.output.write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def cmd_backup(args: argparse.Namespace) -> int:
     """A consistent copy of a live SQLite database (the online backup API, safe while serving)."""
     import sqlite3
@@ -309,6 +337,18 @@ def build_parser() -> argparse.ArgumentParser:
     _common(backup)
     backup.add_argument("output", type=Path, help="file to write the copy to")
     backup.set_defaults(func=cmd_backup)
+
+    report = sub.add_parser("report", help="an exam's report: every student's timeline")
+    _common(report)
+    report.add_argument("--key", required=True, help="the exam's proctor key")
+    report.add_argument("--format", choices=("csv", "json"), default="csv")
+    report.add_argument("--base-url", help="public URL, for evidence links")
+    report.add_argument("--output", "-o", type=Path, help="write to this file instead of stdout")
+    report.set_defaults(func=cmd_report)
+
+    from rtcproctor.voice.cli import add_parser as add_analyze
+
+    add_analyze(sub)
 
     from rtcproctor.sim.cli import add_parser as add_simulate
 

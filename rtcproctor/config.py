@@ -67,6 +67,7 @@ class Settings:
     turn_secret: str | None = None
     turn_ttl: int = 6 * 3600
     ice_transport_policy: str = "all"
+    voice: bool = True
     admin_token: str | None = None
     trust_proxy: bool = False
     static_dir: Path | None = None
@@ -111,6 +112,7 @@ class Settings:
             "TURN_SECRET": ("turn_secret", str),
             "TURN_TTL": ("turn_ttl", int),
             "ICE_TRANSPORT_POLICY": ("ice_transport_policy", _policy),
+            "VOICE": ("voice", _bool),
             "ADMIN_TOKEN": ("admin_token", str),
             "TRUST_PROXY": ("trust_proxy", _bool),
             "STATIC_DIR": ("static_dir", Path),

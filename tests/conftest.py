@@ -21,6 +21,23 @@ def server(tmp_path: Path):
 
 
 @pytest.fixture
+def voice_server(tmp_path: Path):
+    """A server with the shadow proctor listening, once its models have loaded."""
+    srv = Server(data_dir=tmp_path / "data", env={"RTCPROCTOR_VOICE": "1"}).start()
+    srv.wait_voice_ready()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def voices(tmp_path_factory) -> dict[str, Path]:
+    """Speech every install can make: two clearly different espeak-ng voices."""
+    from tests.speech import make_voices
+
+    return make_voices(tmp_path_factory.mktemp("voices"))
+
+
+@pytest.fixture
 async def browser():
     from playwright.async_api import async_playwright
 

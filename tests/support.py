@@ -66,7 +66,13 @@ class Server:
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "RTCPROCTOR_LOG_LEVEL": "INFO", **self.env},
+                env={
+                    **os.environ,
+                    "RTCPROCTOR_LOG_LEVEL": "INFO",
+                    # Loading the voice models costs ~8 s of CPU: only tests about voice want it.
+                    "RTCPROCTOR_VOICE": "0",
+                    **self.env,
+                },
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -79,6 +85,21 @@ class Server:
             except OSError:
                 time.sleep(0.1)
         raise RuntimeError(f"server did not start: {self.log()}")
+
+    def health(self) -> dict:
+        with urllib.request.urlopen(self.url + "/healthz", timeout=5) as r:
+            return json.load(r)
+
+    def wait_voice_ready(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            voice = self.health()["voice"]
+            if voice == "ready":
+                return
+            if voice in ("off", "unavailable"):
+                raise RuntimeError(f"voice detection is {voice}: {self.log()[-2000:]}")
+            time.sleep(0.25)
+        raise RuntimeError("voice detection did not become ready")
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

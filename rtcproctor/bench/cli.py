@@ -10,21 +10,34 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     bench = sub.add_parser("bench", help="measure and print figures")
     bench.set_defaults(func=run)
     kinds = bench.add_subparsers(dest="bench", required=True)
+    from rtcproctor.voice.cli import add_bench_parser
+
+    add_bench_parser(kinds)
+    from rtcproctor.bench.shadow import add_parser as add_shadow
+
+    add_shadow(kinds)
     signaling = kinds.add_parser("signaling", help="clients held, relay rate and latency, go-live")
     signaling.add_argument("--server", help="measure this running server instead of starting one")
     signaling.add_argument("--clients", type=int, default=2000)
     signaling.add_argument("--rate", type=int, default=1000, help="relayed messages per second")
-    signaling.add_argument("--seconds", type=float, default=10.0,
-                           help="how long clients are held and messages relayed")
-    signaling.add_argument("--go-live-runs", type=int, default=5,
-                           help="Go Live -> first video frame repetitions (at least 1)")
+    signaling.add_argument(
+        "--seconds", type=float, default=10.0, help="how long clients are held and messages relayed"
+    )
+    signaling.add_argument(
+        "--go-live-runs",
+        type=int,
+        default=5,
+        help="Go Live -> first video frame repetitions (at least 1)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from rtcproctor.bench.signaling import main
 
     if args.clients < 2 or args.rate <= 0 or args.seconds <= 0 or args.go_live_runs < 1:
-        print("rtcproctor bench: need --clients >= 2, --rate > 0, --seconds > 0, "
-              "--go-live-runs >= 1", file=sys.stderr)
+        print(
+            "rtcproctor bench: need --clients >= 2, --rate > 0, --seconds > 0, --go-live-runs >= 1",
+            file=sys.stderr,
+        )
         return 2
     return main(args)

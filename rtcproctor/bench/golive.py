@@ -62,8 +62,9 @@ async def one_run(url: str, code: str, label: str) -> float:
     student_task: asyncio.Task[int] | None = None
     try:
         await asyncio.wait_for(recorder.first(lambda e: e["type"] in STATES), RUN_TIMEOUT)
-        student = SimStudent(url, code, open_media(None, None, label), label=label,
-                             on_live_sent=live_sent.append)
+        student = SimStudent(
+            url, code, open_media(None, None, label), label=label, on_live_sent=live_sent.append
+        )
         student_task = asyncio.ensure_future(student.run(student_stop))
         frame = await asyncio.wait_for(
             recorder.first(lambda e: e["type"] == "media" and e.get("kind") == "video"),

@@ -80,7 +80,11 @@ def relay_pairs(clients: int, rate: float) -> int:
 
 class LoadRun:
     def __init__(
-        self, url: str, clients: int, rate: float, seconds: float,
+        self,
+        url: str,
+        clients: int,
+        rate: float,
+        seconds: float,
         server_cpu: Callable[[], float | None] = lambda: None,
         server_queued: Callable[[], float | None] = lambda: None,
     ) -> None:
@@ -110,8 +114,7 @@ class LoadRun:
                 await self._connect_all(session, codes)
                 await self._measure()
             finally:
-                await asyncio.gather(*(c.close() for c in self.connections),
-                                     return_exceptions=True)
+                await asyncio.gather(*(c.close() for c in self.connections), return_exceptions=True)
         return self.result
 
     # Setting up
@@ -139,13 +142,18 @@ class LoadRun:
 
         started = time.perf_counter()
         await asyncio.gather(*(pair(p) for p in self.pairs), *(idle(c) for c in idle_codes))
-        await asyncio.gather(*(asyncio.wait_for(p.got_peer.wait(), 10) for p in self.pairs
-                               if p.student is not None), return_exceptions=True)
+        await asyncio.gather(
+            *(asyncio.wait_for(p.got_peer.wait(), 10) for p in self.pairs if p.student is not None),
+            return_exceptions=True,
+        )
         self.result.clients_connected = sum(not c.closed for c in self.connections)
         self.result.idle_students = len(idle_codes)
         self.result.connect_seconds = time.perf_counter() - started
-        log.info("%d clients connected in %.1f s", self.result.clients_connected,
-                 self.result.connect_seconds)
+        log.info(
+            "%d clients connected in %.1f s",
+            self.result.clients_connected,
+            self.result.connect_seconds,
+        )
 
     async def _open(
         self, session: aiohttp.ClientSession, handler: Any = None
@@ -281,7 +289,8 @@ class LoadRun:
         }
         pair.in_flight.append((seq, time.perf_counter()))
         try:
-            await pair.student.emit("signal", {"peer": pair.peer, "candidate": candidate},
-                                    self._on_ack)
+            await pair.student.emit(
+                "signal", {"peer": pair.peer, "candidate": candidate}, self._on_ack
+            )
         except (aiohttp.ClientError, ConnectionError, RuntimeError):
             pair.in_flight.pop()

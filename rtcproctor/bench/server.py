@@ -51,9 +51,21 @@ class BenchServer:
         port = free_port()
         log = open(data_dir / "server.log", "wb")  # noqa: SIM115 - the child keeps writing to it
         process = subprocess.Popen(
-            [sys.executable, "-m", "rtcproctor", "serve", "--host", "127.0.0.1",
-             "--port", str(port), "--data-dir", str(data_dir), "--ice-loopback"],
-            stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "rtcproctor",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--data-dir",
+                str(data_dir),
+                "--ice-loopback",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
             env={**os.environ, "RTCPROCTOR_LOG_LEVEL": "WARNING"},
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
@@ -95,9 +107,23 @@ class BenchServer:
 
     def _cli_codes(self, count: int) -> list[str]:
         out = subprocess.run(
-            [sys.executable, "-m", "rtcproctor", "codes", "--count", str(count), "--json",
-             "--data-dir", str(self.data_dir), "--base-url", self.url],
-            check=True, capture_output=True, text=True, timeout=120,
+            [
+                sys.executable,
+                "-m",
+                "rtcproctor",
+                "codes",
+                "--count",
+                str(count),
+                "--json",
+                "--data-dir",
+                str(self.data_dir),
+                "--base-url",
+                self.url,
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         return [s["code"] for s in json.loads(out.stdout)["students"]]
 
@@ -106,7 +132,9 @@ class BenchServer:
         if self._key:
             body |= {"exam": self._exam, "key": self._key}
         request = urllib.request.Request(
-            self.url + "/api/exams", data=json.dumps(body).encode(), method="POST",
+            self.url + "/api/exams",
+            data=json.dumps(body).encode(),
+            method="POST",
             headers={"Content-Type": "application/json"},
         )
         with urllib.request.urlopen(request, timeout=30) as response:

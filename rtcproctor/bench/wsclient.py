@@ -110,13 +110,17 @@ class SioConnection:
 
 
 async def connect(
-    session: aiohttp.ClientSession, url: str, on_event: EventHandler | None = None,
+    session: aiohttp.ClientSession,
+    url: str,
+    on_event: EventHandler | None = None,
     wait: float = 10.0,
 ) -> SioConnection:
     """Open the websocket, read the Engine.IO open packet, join namespace `/`."""
     ws = await session.ws_connect(
         url.rstrip("/") + "/socket.io/?EIO=4&transport=websocket",
-        autoping=True, heartbeat=None, timeout=aiohttp.ClientWSTimeout(ws_close=wait),
+        autoping=True,
+        heartbeat=None,
+        timeout=aiohttp.ClientWSTimeout(ws_close=wait),
     )
     try:
         opened = await ws.receive(wait)

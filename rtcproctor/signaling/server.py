@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import socketio
 
@@ -17,7 +19,17 @@ from rtcproctor.signaling.ice import IceServers
 from rtcproctor.signaling.presence import Client, Peer, Presence, StudentState
 from rtcproctor.signaling.ratelimit import KeyedLimiter, TokenBucket
 from rtcproctor.signaling.validation import Rejected
-from rtcproctor.store import AttentionRecord, CodeInUse, MessageRecord, Store, StudentRecord
+from rtcproctor.store import (
+    AlertRecord,
+    AttentionRecord,
+    CodeInUse,
+    MessageRecord,
+    Store,
+    StudentRecord,
+)
+
+if TYPE_CHECKING:
+    from rtcproctor.shadow import ShadowAlert, ShadowProctor
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +42,29 @@ GUESS_RATE, GUESS_BURST = 1 / 6, 10.0
 TYPO_COST = 0.2
 
 
+SHADOW = "shadow:"
+
+
 def room(student_id: int) -> str:
     return f"s{student_id}"
+
+
+def shadow_watcher(student_id: int) -> str:
+    """The shadow proctor's place among a student's watchers: not a socket, never shown."""
+    return f"{SHADOW}{student_id}"
+
+
+def alert_json(alert: AlertRecord, code: str) -> dict[str, Any]:
+    return {
+        "id": alert.id,
+        "code": code,
+        "type": alert.type,
+        "start": alert.started_at,
+        "end": alert.ended_at,
+        "confidence": round(alert.confidence, 3),
+        "status": alert.status,
+        "evidence": f"/api/alerts/{alert.id}/evidence" if alert.evidence else None,
+    }
 
 
 def message_json(msg: MessageRecord, code: str) -> dict[str, Any]:
@@ -51,10 +84,19 @@ def attention_json(att: AttentionRecord, code: str) -> dict[str, Any]:
 class SignalingServer:
     """Pairs each student with the proctors watching their code and relays between them."""
 
-    def __init__(self, sio: socketio.AsyncServer, store: Store, settings: Settings) -> None:
+    def __init__(
+        self,
+        sio: socketio.AsyncServer,
+        store: Store,
+        settings: Settings,
+        shadow: ShadowProctor | None = None,
+    ) -> None:
         self.sio = sio
         self.store = store
         self.settings = settings
+        self.shadow = shadow
+        self.evidence_dir = settings.data_dir / "evidence"
+        self._alert_ids: dict[tuple[str, int], int] = {}
         self.ice = IceServers.from_settings(settings)
         self.presence = Presence()
         self.guesses = KeyedLimiter(GUESS_RATE, GUESS_BURST)
@@ -79,6 +121,8 @@ class SignalingServer:
             "chat:send": cls.chat_send,
             "attention:raise": cls.attention_raise,
             "attention:resolve": cls.attention_resolve,
+            "alert:review": cls.alert_review,
+            "voice:reenroll": cls.voice_reenroll,
         }
 
     def _wrap(self, event: str, fn: Handler) -> Callable[..., Awaitable[dict[str, Any]]]:
@@ -195,16 +239,21 @@ class SignalingServer:
             state = self.presence.students.get(peer.student_id)
             if peer.student_sid != gone:
                 await self.sio.emit("peer:close", {"peer": peer.id}, to=peer.student_sid)
-            if peer.watcher_sid != gone:
+            if peer.watcher_sid.startswith(SHADOW):
+                if self.shadow is not None:
+                    await self.shadow.close_peer(peer.id)
+            elif peer.watcher_sid != gone:
                 code = state.code if state else ""
                 await self.sio.emit(
                     "peer:close", {"code": code, "peer": peer.id}, to=peer.watcher_sid
                 )
 
-    async def _request_peer(self, state: StudentState, watcher_sid: str) -> None:
+    async def _request_peer(
+        self, state: StudentState, watcher_sid: str, audio_only: bool = False
+    ) -> None:
         """Ask the live student for a fresh peer connection to this watcher."""
         await self._close_peers(self.presence.peers_between(state.record.id, watcher_sid))
-        peer = self.presence.open_peer(state, watcher_sid)
+        peer = self.presence.open_peer(state, watcher_sid, audio_only=audio_only)
         await self.sio.emit(
             "peer:request",
             {"peer": peer.id, **self.ice.rtc_configuration(), "audioOnly": peer.audio_only},
@@ -278,6 +327,8 @@ class SignalingServer:
         if live:
             for watcher in list(state.watchers):
                 await self._request_peer(state, watcher)
+            if self.shadow is not None and self.shadow.ready:
+                await self._request_peer(state, shadow_watcher(state.record.id), audio_only=True)
         else:
             assert state.sid is not None
             await self._close_peers(self.presence.peers_of(state.sid))
@@ -358,9 +409,11 @@ class SignalingServer:
     async def _history(self, record: StudentRecord, code: str) -> dict[str, Any]:
         chat = await self.store.messages(record.id)
         attention = await self.store.attention(record.id)
+        alerts = await self.store.alerts(record.id)
         return {
             "chat": [message_json(m, code) for m in chat],
             "attention": [attention_json(a, code) for a in attention],
+            "alerts": [alert_json(a, code) for a in alerts],
         }
 
     async def proctor_unwatch(self, client: Client, data: dict[str, Any]) -> None:
@@ -432,12 +485,54 @@ class SignalingServer:
             out["description"] = description
         if has_candidate:
             out["candidate"] = candidate
-        if from_student:
+        if from_student and peer.watcher_sid.startswith(SHADOW):
+            await self._signal_shadow(peer, description, has_candidate, candidate)
+        elif from_student:
             state = self.presence.students.get(peer.student_id)
             out["code"] = state.code if state else ""
             await self.sio.emit("signal", out, to=peer.watcher_sid)
         else:
             await self.sio.emit("signal", out, to=peer.student_sid)
+
+    async def _signal_shadow(
+        self,
+        peer: Peer,
+        description: dict[str, str] | None,
+        has_candidate: bool,
+        candidate: dict[str, Any] | None,
+    ) -> None:
+        if self.shadow is None:
+            raise Rejected("unknown_peer", "that peer connection is closed")
+        if description is not None:
+            try:
+                answer = await self.shadow.offer(
+                    peer.id, peer.student_id, description, self.ice.rtc_configuration("shadow")
+                )
+            except Exception as exc:
+                log.warning("shadow peer %s could not answer: %s", peer.id, exc)
+                await self._close_peers([peer])
+                raise Rejected("invalid", "the offer could not be answered") from exc
+            await self.sio.emit(
+                "signal", {"peer": peer.id, "description": answer}, to=peer.student_sid
+            )
+        if has_candidate:
+            await self.shadow.candidate(peer.id, candidate)
+
+    async def attach_shadow_to_live_students(self) -> None:
+        """Once the detector is ready, students who went live before it get a hidden peer."""
+        for state in list(self.presence.students.values()):
+            if state.live:
+                await self._request_peer(state, shadow_watcher(state.record.id), audio_only=True)
+
+    async def shadow_peer_failed(self, peer_id: str) -> None:
+        """The hidden peer lost the student: ask the student for a new one if still live."""
+        peer = self.presence.peers.get(peer_id)
+        if peer is None:
+            return
+        state = self.presence.students.get(peer.student_id)
+        await self._close_peers([peer])
+        if state is not None and state.live and self.shadow is not None:
+            await self._request_peer(state, peer.watcher_sid, audio_only=True)
 
     def _conversation(self, client: Client, data: dict[str, Any]) -> tuple[StudentState, str]:
         if client.student_id is not None:
@@ -490,3 +585,78 @@ class SignalingServer:
             {"code": state.code, "id": attention_id},
             room=room(state.record.id),
         )
+
+    # Voice alerts (proctor key needed)
+
+    def _authorized(self, client: Client, data: dict[str, Any]) -> StudentState:
+        state = self._watched(client, data)
+        if state.record.exam_id not in client.authorized_exams:
+            raise Rejected("unauthorized", "alerts need this exam's proctor key")
+        return state
+
+    async def alert_review(self, client: Client, data: dict[str, Any]) -> dict[str, Any]:
+        state = self._authorized(client, data)
+        alert_id = v.integer(data, "id")
+        status = v.text(data, "status", max_len=16)
+        if status not in ("open", "reviewed", "dismissed"):
+            raise v.invalid("'status' must be open, reviewed or dismissed")
+        record = await self.store.set_alert_status(state.record.id, alert_id, status)
+        if record is None:
+            raise v.invalid("no alert with that id for that student")
+        alert = alert_json(record, state.code)
+        await self._push_alert(state, alert, skip=client.sid)
+        return {"alert": alert}
+
+    async def voice_reenroll(self, client: Client, data: dict[str, Any]) -> dict[str, Any]:
+        state = self._authorized(client, data)
+        if self.shadow is None or not self.shadow.ready:
+            raise Rejected("not_live", "voice detection is not running on this server")
+        if not self.shadow.re_enroll(state.record.id):
+            raise Rejected("not_live", "that student's audio is not being analysed now")
+        await self.store.record_event(state.record.id, "voice_reenrolled")
+        return {}
+
+    async def _push_alert(
+        self, state: StudentState, alert: dict[str, Any], skip: str | None = None
+    ) -> None:
+        for sid in list(state.watchers):
+            client = self.presence.clients.get(sid)
+            if sid != skip and client and state.record.exam_id in client.authorized_exams:
+                await self.sio.emit("alert", {"code": state.code, "alert": alert}, to=sid)
+
+    async def on_shadow_alert(self, found: ShadowAlert) -> None:
+        """Store first (with its evidence), then push to the proctors holding the key."""
+        alert = found.alert
+        key = (alert.stream, alert.id)
+        directory = self.evidence_dir / str(found.student_id)
+        path = await asyncio.to_thread(_write_evidence, alert, directory)
+        relative = str(path.relative_to(self.settings.data_dir)) if path else None
+        known = self._alert_ids.get(key)
+        record = None
+        if known is not None:
+            record = await self.store.extend_alert(
+                known, found.ended_at, float(alert.confidence), relative
+            )
+        if record is None:
+            record = await self.store.add_alert(
+                found.student_id,
+                str(alert.type),
+                found.started_at,
+                found.ended_at,
+                float(alert.confidence),
+                relative,
+            )
+            self._alert_ids[key] = record.id
+        log.info("alert %s for student %s: %s", record.id, found.student_id, record.type)
+        state = self.presence.students.get(found.student_id)
+        if state is not None:
+            await self._push_alert(state, alert_json(record, state.code))
+
+
+def _write_evidence(alert: Any, directory: Path) -> Path | None:
+    from rtcproctor.voice.alerts import write_evidence
+
+    if alert.evidence is None or len(alert.evidence) == 0:
+        return None
+    directory.mkdir(parents=True, exist_ok=True)
+    return write_evidence(alert, directory, f"{alert.stream.replace(':', '-')}-{alert.id}.wav")

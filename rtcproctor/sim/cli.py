@@ -18,11 +18,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     student.add_argument("--audio", type=Path, help="audio file to stream (looped)")
     student.add_argument("--video", type=Path, help="video file to stream (default: synthetic)")
     student.add_argument("--duration", type=float, help="stop after this many seconds")
-    student.add_argument("--ice-loopback", action="store_true",
-                         help="offer 127.0.0.1 as an ICE candidate (env RTCPROCTOR_ICE_LOOPBACK)")
+    student.add_argument(
+        "--ice-loopback",
+        action="store_true",
+        help="offer 127.0.0.1 as an ICE candidate (env RTCPROCTOR_ICE_LOOPBACK)",
+    )
 
     proctor = kinds.add_parser(
-        "proctor", help="watch codes and print one JSON line per event",
+        "proctor",
+        help="watch codes and print one JSON line per event",
         description="Prints one JSON object per line: type (offline, connected, live, media, "
         "chat, attention, resolved, error, ack), code, ts and the event's fields. Reads "
         'commands from stdin, one JSON object per line: {"chat": {"code": C, "text": T}}, '
@@ -32,8 +36,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     proctor.add_argument("--code", required=True, help="CODE[,CODE...]")
     proctor.add_argument("--key", help="the exam's proctor key (history, alerts)")
     proctor.add_argument("--duration", type=float, help="stop after this many seconds")
-    proctor.add_argument("--ice-loopback", action="store_true",
-                         help="offer 127.0.0.1 as an ICE candidate (env RTCPROCTOR_ICE_LOOPBACK)")
+    proctor.add_argument(
+        "--ice-loopback",
+        action="store_true",
+        help="offer 127.0.0.1 as an ICE candidate (env RTCPROCTOR_ICE_LOOPBACK)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

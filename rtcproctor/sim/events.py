@@ -17,6 +17,7 @@ FORWARDED: dict[str, tuple[str, str]] = {
     "chat:message": ("chat", "message"),
     "attention": ("attention", "attention"),
     "attention:resolved": ("resolved", "id"),
+    "alert": ("alert", "alert"),
 }
 
 

@@ -22,8 +22,9 @@ TRUE = {"1", "true", "yes", "on"}
 
 def _setup(args: argparse.Namespace) -> None:
     level = os.environ.get("RTCPROCTOR_LOG_LEVEL", "INFO").upper()
-    logging.basicConfig(stream=sys.stderr, level=level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        stream=sys.stderr, level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if logging.getLogger().level > logging.DEBUG:
         for noisy in ("aioice", "aiortc"):  # every ICE check at INFO drowns the simulator's lines
             logging.getLogger(noisy).setLevel(logging.WARNING)

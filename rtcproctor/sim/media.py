@@ -62,8 +62,10 @@ class ToneTrack(_Paced):
         # One second holds a whole number of periods of an integer frequency: it loops cleanly.
         one_second = array(
             "h",
-            (round(amplitude * math.sin(2 * math.pi * frequency * i / SAMPLE_RATE))
-             for i in range(SAMPLE_RATE)),
+            (
+                round(amplitude * math.sin(2 * math.pi * frequency * i / SAMPLE_RATE))
+                for i in range(SAMPLE_RATE)
+            ),
         )
         self._pcm = one_second.tobytes()
         self._samples = int(SAMPLE_RATE * AUDIO_PTIME)

@@ -124,6 +124,9 @@ class SimProctor:
                 self._status(student, name=student.get("name"))
             for error in ack.get("errors", []):
                 self.sink.event("error", error.get("code"), error=error.get("error"))
+            for code, history in (ack.get("history") or {}).items():
+                for alert in history.get("alerts", []):
+                    self.sink.event("alert", code, alert=alert, history=True)
             return
 
     def _keep_ice(self, data: dict[str, Any]) -> None:
@@ -141,8 +144,10 @@ class SimProctor:
             await asyncio.sleep(max(30.0, self.ice_at + self.ice_ttl / 2 - time.monotonic()))
             try:
                 timeout = aiohttp.ClientTimeout(total=5)
-                async with aiohttp.ClientSession(timeout=timeout) as session, \
-                        session.get(url) as response:
+                async with (
+                    aiohttp.ClientSession(timeout=timeout) as session,
+                    session.get(url) as response,
+                ):
                     response.raise_for_status()
                     self._keep_ice(await response.json())
             except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
@@ -151,8 +156,13 @@ class SimProctor:
     def _status(self, data: dict[str, Any], **extra: Any) -> None:
         state = data.get("state")
         if state in STATES:
-            self.sink.event(state, data.get("code"), since=data.get("since"),
-                            background=data.get("background"), **extra)
+            self.sink.event(
+                state,
+                data.get("code"),
+                since=data.get("since"),
+                background=data.get("background"),
+                **extra,
+            )
 
     async def _on_status(self, data: Any) -> None:
         if isinstance(data, dict):
@@ -252,8 +262,13 @@ class SimProctor:
         name = next(iter(command)) if single else None
         args = command.get(name) if single else None
         if name not in COMMANDS or not isinstance(args, dict):
-            self.sink.event("ack", None, command=name, ok=False,
-                            error={"code": "invalid", "message": f"unknown command {command!r}"})
+            self.sink.event(
+                "ack",
+                None,
+                command=name,
+                ok=False,
+                error={"code": "invalid", "message": f"unknown command {command!r}"},
+            )
             return
         event, keys = COMMANDS[name]
         payload = {k: args[k] for k in keys if k in args}

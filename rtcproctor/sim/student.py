@@ -131,14 +131,20 @@ class SimStudent:
                     log.warning("join failed (%s); again in %.1f s", exc, wait)
                     await asyncio.sleep(wait)
                     continue
-                print(f"rtcproctor simulate student: the server refused code {self.code}: "
-                      f"{exc.message} ({exc.code})", file=sys.stderr)
+                print(
+                    f"rtcproctor simulate student: the server refused code {self.code}: "
+                    f"{exc.message} ({exc.code})",
+                    file=sys.stderr,
+                )
                 self._finish(EXIT_REJECTED)
                 return
 
     async def _on_replaced(self, _data: Any = None) -> None:
-        print(f"rtcproctor simulate student: replaced: another device went live with code "
-              f"{self.code}; this one stopped", file=sys.stderr)
+        print(
+            f"rtcproctor simulate student: replaced: another device went live with code "
+            f"{self.code}; this one stopped",
+            file=sys.stderr,
+        )
         await self.peers.close_all()
         self._finish(EXIT_REPLACED)
 

@@ -1,7 +1,9 @@
 """Persistence: exams, students, on/off-air events, chat and attention requests."""
 
 from rtcproctor.store.records import (
+    AlertRecord,
     AttentionRecord,
+    EventRecord,
     ExamRecord,
     MessageRecord,
     StudentRecord,
@@ -9,8 +11,10 @@ from rtcproctor.store.records import (
 from rtcproctor.store.store import CodeInUse, Store
 
 __all__ = [
+    "AlertRecord",
     "AttentionRecord",
     "CodeInUse",
+    "EventRecord",
     "ExamRecord",
     "MessageRecord",
     "Store",

@@ -62,3 +62,21 @@ class AttentionRequest(Base):
     sender: Mapped[str] = mapped_column(String(16))
     at: Mapped[float] = mapped_column(Float)
     resolved_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class VoiceAlert(Base):
+    """What the shadow proctor noticed; visible only with the exam's proctor key."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (Index("ix_alerts_student_at", "student_id", "started_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    student_id: Mapped[int] = mapped_column(ForeignKey("students.id", ondelete="CASCADE"))
+    type: Mapped[str] = mapped_column(String(32))
+    started_at: Mapped[float] = mapped_column(Float)
+    ended_at: Mapped[float] = mapped_column(Float)
+    confidence: Mapped[float] = mapped_column(Float)
+    evidence: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    status: Mapped[str] = mapped_column(String(16), default="open")
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)

@@ -44,3 +44,17 @@ class EventRecord:
     kind: str
     at: float
     detail: str | None
+
+
+@dataclass(frozen=True)
+class AlertRecord:
+    id: int
+    student_id: int
+    type: str
+    started_at: float
+    ended_at: float
+    confidence: float
+    evidence: str | None
+    status: str
+    created_at: float
+    updated_at: float

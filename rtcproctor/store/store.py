@@ -20,8 +20,10 @@ from rtcproctor.store.models import (
     Exam,
     StreamEvent,
     Student,
+    VoiceAlert,
 )
 from rtcproctor.store.records import (
+    AlertRecord,
     AttentionRecord,
     EventRecord,
     ExamRecord,
@@ -30,6 +32,7 @@ from rtcproctor.store.records import (
 )
 
 HISTORY_LIMIT = 500
+ALERT_STATUSES = ("open", "reviewed", "dismissed")
 
 
 class CodeInUse(ValueError):
@@ -221,5 +224,92 @@ class Store:
                 .limit(limit)
             )
             out = [AttentionRecord(r.id, r.student_id, r.sender, r.at, r.resolved_at) for r in rows]
+        out.reverse()
+        return out
+
+    # Alerts
+
+    @staticmethod
+    def _alert(r: VoiceAlert) -> AlertRecord:
+        return AlertRecord(
+            r.id,
+            r.student_id,
+            r.type,
+            r.started_at,
+            r.ended_at,
+            r.confidence,
+            r.evidence,
+            r.status,
+            r.created_at,
+            r.updated_at,
+        )
+
+    async def add_alert(
+        self,
+        student_id: int,
+        type_: str,
+        started_at: float,
+        ended_at: float,
+        confidence: float,
+        evidence: str | None = None,
+    ) -> AlertRecord:
+        now = time.time()
+        row = VoiceAlert(
+            student_id=student_id,
+            type=type_,
+            started_at=started_at,
+            ended_at=ended_at,
+            confidence=confidence,
+            evidence=evidence,
+            status="open",
+            created_at=now,
+            updated_at=now,
+        )
+        async with self._session() as session, session.begin():
+            session.add(row)
+        return self._alert(row)
+
+    async def extend_alert(
+        self, alert_id: int, ended_at: float, confidence: float, evidence: str | None
+    ) -> AlertRecord | None:
+        """A repeat within the cooldown: the open alert grows instead of a new one."""
+        async with self._session() as session, session.begin():
+            row = await session.get(VoiceAlert, alert_id)
+            if row is None:
+                return None
+            row.ended_at = max(row.ended_at, ended_at)
+            row.confidence = max(row.confidence, confidence)
+            if evidence:
+                row.evidence = evidence
+            row.updated_at = time.time()
+            return self._alert(row)
+
+    async def set_alert_status(
+        self, student_id: int, alert_id: int, status: str
+    ) -> AlertRecord | None:
+        if status not in ALERT_STATUSES:
+            raise ValueError(f"status must be one of {ALERT_STATUSES}")
+        async with self._session() as session, session.begin():
+            row = await session.get(VoiceAlert, alert_id)
+            if row is None or row.student_id != student_id:
+                return None
+            row.status = status
+            row.updated_at = time.time()
+            return self._alert(row)
+
+    async def alert(self, alert_id: int) -> AlertRecord | None:
+        async with self._session() as session:
+            row = await session.get(VoiceAlert, alert_id)
+            return None if row is None else self._alert(row)
+
+    async def alerts(self, student_id: int, limit: int = HISTORY_LIMIT) -> list[AlertRecord]:
+        async with self._session() as session:
+            rows = await session.scalars(
+                select(VoiceAlert)
+                .where(VoiceAlert.student_id == student_id)
+                .order_by(VoiceAlert.started_at.desc(), VoiceAlert.id.desc())
+                .limit(limit)
+            )
+            out = [self._alert(r) for r in rows]
         out.reverse()
         return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
 SIGNALING = web.AppKey("signaling", SignalingServer)
+SHADOW = web.AppKey("shadow", object)
 SIO = web.AppKey("sio", socketio.AsyncServer)
 API_LIMIT = web.AppKey("api_limit", KeyedLimiter)
 STARTED = web.AppKey("started", float)
@@ -84,6 +86,13 @@ async def healthz(request: web.Request) -> web.Response:
         log.exception("health check: database unreachable")
         database = "unreachable"
     presence = request.app[SIGNALING].presence
+    shadow = request.app[SIGNALING].shadow
+    if shadow is None:
+        voice = "off"
+    elif shadow.ready:
+        voice = "ready"
+    else:
+        voice = "unavailable" if shadow.error else "loading"
     body = {
         "status": "ok" if database == "ok" else "degraded",
         "version": __version__,
@@ -91,6 +100,8 @@ async def healthz(request: web.Request) -> web.Response:
         "uptime": round(time.time() - request.app[STARTED], 1),
         "connections": len(presence.clients),
         "live": sum(1 for s in presence.students.values() if s.live),
+        "voice": voice,
+        "shadow_peers": len(shadow.peers) if shadow is not None else 0,
     }
     return web.json_response(body, status=200 if database == "ok" else 503)
 
@@ -98,9 +109,7 @@ async def healthz(request: web.Request) -> web.Response:
 async def api_config(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     ice = IceServers.from_settings(settings)
-    return web.json_response(
-        {**ice.rtc_configuration(), "video": settings.video.as_json()}
-    )
+    return web.json_response({**ice.rtc_configuration(), "video": settings.video.as_json()})
 
 
 async def ice_servers(request: web.Request) -> web.Response:
@@ -180,6 +189,73 @@ async def socketio_client(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(path, headers={"Cache-Control": "public, max-age=3600"})
 
 
+async def _start_shadow(signaling: SignalingServer) -> None:
+    assert signaling.shadow is not None
+    await signaling.shadow.start()
+    if signaling.shadow.ready:
+        await signaling.attach_shadow_to_live_students()
+
+
+async def _exam_for(request: web.Request):  # type: ignore[no-untyped-def]
+    """The exam whose proctor key the request carries (`Authorization: Bearer <key>`)."""
+    key = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    limiter = request.app[API_LIMIT]
+    address = request.remote or "unknown"
+    if limiter.blocked_for(address):
+        raise web.HTTPTooManyRequests(text="too many requests")
+    exam = await request.app[STORE].exam_by_key(key) if key and len(key) <= 128 else None
+    if exam is None:
+        limiter.spend(address, 5)
+        raise web.HTTPUnauthorized(
+            text="send the exam's proctor key as Authorization: Bearer <key>"
+        )
+    return exam
+
+
+async def alert_evidence(request: web.Request) -> web.StreamResponse:
+    exam = await _exam_for(request)
+    try:
+        alert_id = int(request.match_info["alert_id"])
+    except ValueError as exc:
+        raise web.HTTPNotFound() from exc
+    store = request.app[STORE]
+    alert = await store.alert(alert_id)
+    student = None
+    if alert is not None:
+        student = next(
+            (s for s in await store.students_of_exam(exam.id) if s.id == alert.student_id), None
+        )
+    if alert is None or student is None or not alert.evidence:
+        raise web.HTTPNotFound(text="no such alert in this exam")
+    data_dir = request.app[SETTINGS].data_dir.resolve()
+    path = (data_dir / alert.evidence).resolve()
+    if not path.is_relative_to(data_dir) or not path.is_file():
+        raise web.HTTPNotFound(text="the evidence file is missing")
+    return web.FileResponse(
+        path, headers={"Content-Type": "audio/wav", "Cache-Control": "private, no-store"}
+    )
+
+
+async def exam_report(request: web.Request) -> web.Response:
+    from rtcproctor.store.report import build_report, report_csv
+
+    exam = await _exam_for(request)
+    fmt = request.query.get("format", "json")
+    if fmt not in ("json", "csv"):
+        return _error(400, v.invalid("format is json or csv"))
+    settings = request.app[SETTINGS]
+    base = settings.base_url or f"{request.scheme}://{request.host}"
+    report = await build_report(request.app[STORE], exam, base)
+    name = f"rtcproctor-report-{exam.id}.{fmt}"
+    headers = {
+        "Content-Disposition": f'attachment; filename="{name}"',
+        "Cache-Control": "private, no-store",
+    }
+    if fmt == "csv":
+        return web.Response(text=report_csv(report), content_type="text/csv", headers=headers)
+    return web.json_response(report, headers=headers)
+
+
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[security_headers], client_max_size=MAX_HTTP_BODY)
     app[SETTINGS] = settings
@@ -198,11 +274,21 @@ def create_app(settings: Settings) -> web.Application:
     async def startup(app: web.Application) -> None:
         app[STARTED] = time.time()
         app[STORE] = await Store.open(settings.resolved_database_url)
-        app[SIGNALING] = SignalingServer(sio, app[STORE], settings)
+        signaling = app[SIGNALING] = SignalingServer(sio, app[STORE], settings)
+        if settings.voice:
+            from rtcproctor.shadow import ShadowProctor
+
+            signaling.shadow = ShadowProctor(
+                on_alert=signaling.on_shadow_alert,
+                on_peer_failed=signaling.shadow_peer_failed,
+            )
+            app[SHADOW] = asyncio.create_task(_start_shadow(signaling))
         log.info("store: %s", app[STORE].engine.url.render_as_string(hide_password=True))
         tune_gc()
 
     async def cleanup(app: web.Application) -> None:
+        if app[SIGNALING].shadow is not None:
+            await app[SIGNALING].shadow.stop()
         await app[STORE].close()
 
     app.on_startup.append(startup)
@@ -217,6 +303,8 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/ice-servers", ice_servers)
     app.router.add_post("/api/exams", api_exams)
     app.router.add_get("/vendor/socket.io.esm.min.js", socketio_client)
+    app.router.add_get("/api/alerts/{alert_id}/evidence", alert_evidence)
+    app.router.add_get("/api/report", exam_report)
     for sub in ("css", "js", "img"):
         if (static / sub).is_dir():
             app.router.add_static(f"/static/{sub}/", static / sub, follow_symlinks=False)

@@ -125,7 +125,12 @@ export function showMessage(el, text) {
 
 /** Triggers a download of `text` as a file, without touching the page layout. */
 export function downloadText(filename, text, type = 'text/csv') {
-  const url = URL.createObjectURL(new Blob([text], { type }));
+  downloadBlob(filename, new Blob([text], { type }));
+}
+
+/** Triggers a download of a Blob (e.g. a fetched report) through a temporary blob: link. */
+export function downloadBlob(filename, blob) {
+  const url = URL.createObjectURL(blob);
   const link = h('a', { href: url, download: filename });
   document.body.append(link);
   link.click();
@@ -288,4 +293,5 @@ export async function setMaxBitrate(sender, maxBitrate) {
 // Formatting helpers live in format.js (no browser-only imports, so they can be unit-tested).
 export {
   normalizeCode, codeProblem, formatCode, formatClock, formatDuration, nowSeconds,
+  formatClockSeconds, formatTimeRange, formatPercent,
 } from './format.js';

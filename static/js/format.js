@@ -45,3 +45,22 @@ export function formatDuration(seconds) {
 }
 
 export const nowSeconds = () => Date.now() / 1000;
+
+/** Unix seconds → local clock time with seconds (alerts last seconds, not minutes). */
+export function formatClockSeconds(ts) {
+  if (typeof ts !== 'number' || !Number.isFinite(ts)) return '';
+  return new Date(ts * 1000).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit' });
+}
+
+/** "10:02:05–10:02:40" (one time when both are the same second). */
+export function formatTimeRange(start, end) {
+  const from = formatClockSeconds(start);
+  const to = formatClockSeconds(end);
+  return !to || to === from ? from : `${from}–${to}`;
+}
+
+/** 0.874 → "87%". */
+export function formatPercent(fraction) {
+  if (typeof fraction !== 'number' || !Number.isFinite(fraction)) return '';
+  return `${Math.round(Math.min(1, Math.max(0, fraction)) * 100)}%`;
+}

@@ -10,6 +10,10 @@ import {
 } from './common.js';
 import { parseRoster, toCsv, MAX_CODES, MAX_NAME } from './roster.js';
 import { initGenerate } from './generate.js';
+import {
+  initAlerts, alerts, loadAlertHistory, openAlertCount, forgetAlerts, setAlertKey,
+  showLargeAlerts, hideLargeAlerts,
+} from './alerts.js';
 
 const KEY_STORAGE = 'rtcproctor.proctorKey';
 const ROSTER_STORAGE = 'rtcproctor.roster';
@@ -49,6 +53,7 @@ const notifications = new Map();  // "code|attention id" → <li>
 const conn = new Connection();
 window.rtcproctor = {
   tiles,
+  alerts,
   get socketConnected() {
     return conn.connected;
   },
@@ -229,6 +234,7 @@ async function watch(students, key) {
   if (key) payload.key = key;
   const ack = await conn.call('proctor:watch', payload);
   setRtc(ack);
+  setAlertKey(key);
   applyWatchAck(students, ack);
   return ack;
 }
@@ -254,6 +260,7 @@ function applyWatchAck(students, ack) {
     setText(tile.dom.name, tile.name);
     setStudentState(tile, info);
     applyHistory(tile, ack.history?.[entry.code]);
+    loadAlertHistory(entry.code, ack.history?.[entry.code]);
     tile.watchedBefore = true;
   }
   updateSummary();
@@ -334,11 +341,12 @@ function createTile(code) {
     status: h('span', { class: 'tile-status-text' }),
     placeholder: h('span', { class: 'tile-placeholder', 'aria-hidden': 'true' }),
     chatBadge: h('span', { class: 'badge chat', hidden: true }),
+    voiceBadge: h('span', { class: 'badge voice', hidden: true }),
     attentionBadge: h('span', { class: 'badge attention', hidden: true }),
   };
   dom.button = h('button', { type: 'button', class: 'tile-button', on: { click: () => openLarge(code) } },
     h('span', { class: 'tile-media' }, video, dom.placeholder,
-      h('span', { class: 'tile-badges' }, dom.attentionBadge, dom.chatBadge)),
+      h('span', { class: 'tile-badges' }, dom.voiceBadge, dom.attentionBadge, dom.chatBadge)),
     h('span', { class: 'tile-info' }, dom.name,
       h('span', { class: 'tile-status' }, dom.icon, dom.status)));
   dom.li = h('li', { class: 'tile' }, dom.button);
@@ -362,6 +370,7 @@ function removeTile(code) {
   if (app.openCode === code) el.largeView.close();
   tile.dom.li.remove();
   tiles.delete(code);
+  forgetAlerts(code);
 }
 
 function orderTiles() {
@@ -399,14 +408,15 @@ function renderTile(tile) {
   dom.placeholder.classList.toggle('over-video', !!tile.stream);
   setBadge(dom.chatBadge, tile.unread, (n) => ` unread message${n === 1 ? '' : 's'}`, '✉');
   setBadge(dom.attentionBadge, openAttentions(tile).length, () => ' asks for attention', '!');
+  setBadge(dom.voiceBadge, openAlertCount(tile.code), (n) => ` open voice alert${n === 1 ? '' : 's'}`, 'Voice', true);
   dom.li.hidden = !matchesFilter(tile);
   if (app.openCode === tile.code) renderLargeHead(tile);
 }
 
-function setBadge(badge, count, srText, symbol) {
+function setBadge(badge, count, srText, symbol, alwaysCount = false) {
   badge.hidden = count === 0;
   badge.replaceChildren(
-    h('span', { 'aria-hidden': 'true' }, `${symbol}${count > 1 ? ` ${count}` : ''}`),
+    h('span', { 'aria-hidden': 'true' }, `${symbol}${count > 1 || alwaysCount ? ` ${count}` : ''}`),
     h('span', { class: 'sr-only' }, `${count}${srText(count)}`));
 }
 
@@ -439,7 +449,8 @@ function matchesFilter(tile) {
   switch (el.filterSelect.value) {
     case 'live': return !isOffAir(tile);
     case 'offair': return isOffAir(tile);
-    case 'needs': return isOffAir(tile) || tile.unread > 0 || openAttentions(tile).length > 0;
+    case 'needs': return isOffAir(tile) || tile.unread > 0 || openAttentions(tile).length > 0
+      || openAlertCount(tile.code) > 0;
     default: return true;
   }
 }
@@ -798,6 +809,7 @@ function openLarge(code) {
   renderLargeHead(tile);
   renderLargeChat(tile);
   renderLargeAttention(tile);
+  showLargeAlerts(code);
   if (!el.largeView.open) el.largeView.showModal();
   attachLargeVideo(tile);
 }
@@ -806,6 +818,7 @@ function onLargeClosed() {
   const tile = tiles.get(app.openCode);
   app.openCode = null;
   el.lvVideo.srcObject = null;
+  hideLargeAlerts();
   tile?.dom.button.focus();
 }
 
@@ -927,6 +940,13 @@ function onDisconnect() {
   }
 }
 
+/** An alert came, grew or was reviewed: the tile's count and the filter follow. */
+function onAlertsChanged(code) {
+  const tile = tiles.get(code);
+  if (tile) renderTile(tile);
+  if (el.filterSelect.value !== 'all') applyFilter();
+}
+
 // ---------------------------------------------------------------- start
 
 function bindUi() {
@@ -972,6 +992,16 @@ function start() {
   bindUi();
   bindSocket();
   initGenerate({ maxName: MAX_NAME, onMonitor: monitorStudents });
+  initAlerts({
+    conn,
+    normalizeCode,
+    openLarge,
+    announce,
+    nameOf: (code) => tiles.get(code)?.name ?? formatCode(code),
+    isWatched: (code) => tiles.has(code),
+    watchedCodes: () => [...tiles.keys()],
+    onAlertsChanged,
+  });
   setInterval(checkVideo, 1000);
   setInterval(refreshRtc, 5 * 60 * 1000);
 }

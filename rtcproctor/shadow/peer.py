@@ -1,0 +1,84 @@
+"""One receive-only audio peer towards one student; it never sends media."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import av
+import numpy as np
+from aiortc import MediaStreamTrack, RTCPeerConnection
+from aiortc.mediastreams import MediaStreamError
+
+from rtcproctor.rtc.ice import candidate_from_init, configuration, description_from_json
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16_000
+Sink = Callable[[np.ndarray], None]
+
+
+class ShadowPeer:
+    def __init__(
+        self,
+        peer_id: str,
+        sink: Sink,
+        rtc: dict[str, Any],
+        on_failed: Callable[[str], Awaitable[None]],
+    ) -> None:
+        self.peer_id = peer_id
+        self.sink = sink
+        self.pc = RTCPeerConnection(
+            configuration(rtc.get("iceServers"), rtc.get("iceTransportPolicy"))
+        )
+        self._on_failed = on_failed
+        self._reader: asyncio.Task[None] | None = None
+        self.frames = 0
+        self.pc.on("track", self._on_track)
+        self.pc.on("connectionstatechange", self._on_state)
+
+    async def answer(self, offer: dict[str, Any]) -> dict[str, str]:
+        """Answer the student's audio-only offer; aiortc gathers all candidates first."""
+        await self.pc.setRemoteDescription(description_from_json(offer))
+        for transceiver in self.pc.getTransceivers():
+            transceiver.direction = "recvonly"
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        local = self.pc.localDescription
+        return {"type": local.type, "sdp": local.sdp}
+
+    async def add_candidate(self, init: dict[str, Any] | None) -> None:
+        candidate = candidate_from_init(init)
+        if candidate is not None:
+            await self.pc.addIceCandidate(candidate)
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind == "audio" and self._reader is None:
+            self._reader = asyncio.ensure_future(self._read(track))
+
+    async def _on_state(self) -> None:
+        if self.pc.connectionState == "failed":
+            await self._on_failed(self.peer_id)
+
+    async def _read(self, track: MediaStreamTrack) -> None:
+        """Decoded Opus frames (48 kHz stereo) → 16 kHz mono float32 for the detector."""
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+        try:
+            while True:
+                frame = await track.recv()
+                self.frames += 1
+                for out in resampler.resample(frame):
+                    self.sink(out.to_ndarray().reshape(-1).astype(np.float32, copy=False))
+        except MediaStreamError:
+            pass
+        except Exception:
+            log.exception("shadow peer %s: reading audio failed", self.peer_id)
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        await self.pc.close()

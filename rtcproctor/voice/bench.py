@@ -1,0 +1,452 @@
+"""`rtcproctor bench voice`: recall, false alerts, delay and speed on real speech.
+
+Mixtures are built from the development set in ../shared/eval (never the holdout), with
+a fixed seed so that figures compare from one change to the next:
+- single: speaker A alone (A's utterance looped with short pauses), must raise nothing;
+- handoff: A, then B takes over (same level), then A again;
+- overlap: B talks over A (same level); quiet10 / quiet20: B 10 / 20 dB below A;
+- gap_whisper: A, a silence, then B alone 10 dB quieter (a helper who whispers while
+  the student is silent), then A again;
+- opus_quiet10: quiet10 passed through an Opus encode/decode (what WebRTC delivers).
+All trials of a condition run concurrently through one Analyzer, fed in real-time-sized
+chunks, as on a server; the detection delay counts the audio time until the window that
+raised the alert was complete plus the measured compute time of that step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from rtcproctor.voice.alerts import AlertType
+from rtcproctor.voice.audio import SAMPLE_RATE, load_audio
+from rtcproctor.voice.detector import DetectorConfig
+
+SR = SAMPLE_RATE
+DEFAULT_EVAL_DIR = Path(__file__).resolve().parents[2] / ".." / "shared" / "eval"
+VOICE_ALERTS = {AlertType.MULTIPLE_VOICES, AlertType.UNKNOWN_VOICE}
+
+
+def _db(x: float) -> float:
+    return float(10 ** (x / 20))
+
+
+def _rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(x.astype(np.float64) ** 2)) + 1e-12)
+
+
+@dataclass
+class Corpus:
+    utterances: dict[str, np.ndarray]  # speaker id -> 16 kHz samples (trimmed)
+
+    @classmethod
+    def load(cls, folder: Path) -> Corpus:
+        utts: dict[str, np.ndarray] = {}
+        for path in sorted(folder.glob("*.flac")):
+            x = load_audio(path)
+            utts[path.name.split("-")[0]] = x
+        if not utts:
+            raise SystemExit(f"bench voice: no LibriSpeech FLAC in {folder}")
+        return cls(utts)
+
+    def talk(self, speaker: str, seconds: float, rng: np.random.Generator) -> np.ndarray:
+        """`seconds` of one speaker: the utterance looped from a random offset, separated
+        by natural pauses (0.2-1.0 s)."""
+        utt = self.utterances[speaker]
+        parts: list[np.ndarray] = [utt[int(rng.integers(0, max(1, utt.size // 2))) :]]
+        total = parts[0].size
+        while total < seconds * SR:
+            pause = np.zeros(int(rng.uniform(0.2, 1.0) * SR), np.float32)
+            parts += [pause, utt]
+            total += pause.size + utt.size
+        return np.concatenate(parts)[: int(seconds * SR)]
+
+
+@dataclass
+class Trial:
+    name: str
+    audio: np.ndarray
+    episodes: list[tuple[float, float]]  # second-voice (onset, offset), seconds
+    single_until: float  # [0, single_until) has one speaker only (false-alert scoring)
+
+
+def _level(x: np.ndarray, dbfs: float) -> np.ndarray:
+    return (x / _rms(x) * _db(dbfs)).astype(np.float32)
+
+
+def _noise(n: int, rng: np.random.Generator) -> np.ndarray:
+    return rng.normal(0, _db(-70), n).astype(np.float32)  # a quiet room, not digital zero
+
+
+def make_trial(
+    corpus: Corpus, condition: str, a: str, b: str, rng: np.random.Generator, idx: int
+) -> Trial:
+    level = float(rng.uniform(-30, -22))
+    episode = float(rng.uniform(3.0, 6.0))
+    lead = float(rng.uniform(18.0, 26.0))
+    if condition == "single":
+        x = _level(corpus.talk(a, 60.0, rng), level)
+        return Trial(f"{condition}-{idx}", x + _noise(x.size, rng), [], 60.0)
+    if condition == "handoff":
+        pre = _level(corpus.talk(a, lead, rng), level)
+        mid = _level(corpus.talk(b, episode, rng), level)
+        post = _level(corpus.talk(a, 10.0, rng), level)
+        x = np.concatenate([pre, mid, post])
+        eps = [(lead, lead + episode)]
+    elif condition in ("overlap", "quiet10", "quiet20", "opus_quiet10"):
+        rel = {"overlap": 0.0, "quiet10": -10.0, "quiet20": -20.0, "opus_quiet10": -10.0}
+        x = _level(corpus.talk(a, lead + episode + 10.0, rng), level)
+        helper = _level(corpus.talk(b, episode, rng), level + rel[condition])
+        on = int(lead * SR)
+        x[on : on + helper.size] += helper
+        eps = [(lead, lead + episode)]
+    elif condition == "gap_whisper":
+        pre = _level(corpus.talk(a, lead, rng), level)
+        gap1 = np.zeros(int(8.0 * SR), np.float32)
+        mid = _level(corpus.talk(b, episode, rng), level - 10.0)
+        gap2 = np.zeros(int(4.0 * SR), np.float32)
+        post = _level(corpus.talk(a, 6.0, rng), level)
+        x = np.concatenate([pre, gap1, mid, gap2, post])
+        on = lead + 8.0
+        eps = [(on, on + episode)]
+    else:
+        raise ValueError(condition)
+    x = x + _noise(x.size, rng)
+    if condition.startswith("opus"):
+        x = opus_roundtrip(x)
+    return Trial(f"{condition}-{idx}", np.clip(x, -1, 1), eps, eps[0][0])
+
+
+def opus_roundtrip(x: np.ndarray, bitrate: int = 32_000) -> np.ndarray:
+    """Encode and decode with libopus at 48 kHz, as a WebRTC audio track would carry it."""
+    import av
+
+    from rtcproctor.voice.audio import resample
+
+    y = resample(x, SR, 48_000)
+    enc = av.CodecContext.create("libopus", "w")
+    enc.sample_rate, enc.layout, enc.format, enc.bit_rate = 48_000, "mono", "s16", bitrate
+    enc.open()
+    dec = av.CodecContext.create("opus", "r")
+    dec.sample_rate, dec.layout = 48_000, "mono"
+    out: list[np.ndarray] = []
+    pcm = (np.clip(y, -1, 1) * 32767).astype(np.int16)
+    pts = 0
+    for i in range(0, pcm.size - 960 + 1, 960):
+        frame = av.AudioFrame.from_ndarray(pcm[None, i : i + 960], format="s16", layout="mono")
+        frame.sample_rate, frame.pts = 48_000, pts
+        pts += 960
+        for packet in enc.encode(frame):
+            for f in dec.decode(packet):
+                out.append(f.to_ndarray().reshape(-1).astype(np.float32))
+    for packet in enc.encode(None):
+        for f in dec.decode(packet):
+            out.append(f.to_ndarray().reshape(-1).astype(np.float32))
+    z = np.concatenate(out)
+    if np.issubdtype(z.dtype, np.integer) or np.abs(z).max() > 1.5:
+        z = z / 32768.0
+    return resample(z, 48_000, SR)[: x.size]
+
+
+@dataclass
+class Event:
+    stream: str
+    alert_id: int
+    type: AlertType
+    emitted: float  # stream time when the window that raised it was complete
+    compute: float  # seconds of compute of that step
+    start: float
+    end: float
+
+
+@dataclass
+class RunResult:
+    events: list[Event] = field(default_factory=list)
+    audio_seconds: float = 0.0
+    compute_seconds: float = 0.0
+    embeddings: int = 0
+    steps: list[float] = field(default_factory=list)
+    traces: dict[str, list[dict[str, object]]] = field(default_factory=dict)
+
+
+def run_live(
+    streams: dict[str, np.ndarray],
+    config: DetectorConfig,
+    chunk: float | None = None,
+    trace: bool = False,
+) -> RunResult:
+    """Feed every stream in lockstep, `chunk` seconds at a time, one step per chunk."""
+    from rtcproctor.voice.analyzer import Analyzer
+
+    analyzer = Analyzer(config)
+    step = int((chunk or config.hop) * SR)
+    longest = max(x.size for x in streams.values())
+    result = RunResult(audio_seconds=sum(x.size for x in streams.values()) / SR)
+    closed: set[str] = set()
+    if trace:
+        for name in streams:
+            result.traces[name] = analyzer.detector(name).trace = []
+    for pos in range(0, longest + step, step):
+        for name, x in streams.items():
+            if pos < x.size:
+                analyzer.submit(name, x[pos : pos + step])
+            elif name not in closed:
+                analyzer.close(name)
+                closed.add(name)
+        began = time.perf_counter()
+        alerts = analyzer.step()
+        spent = time.perf_counter() - began
+        result.compute_seconds += spent
+        result.steps.append(spent)
+        result.embeddings += analyzer.last.embeddings
+        for a in alerts:
+            now = min(pos + step, streams[a.stream].size) / SR
+            result.events.append(Event(a.stream, a.id, a.type, now, spent, a.start, a.end))
+    return result
+
+
+@dataclass
+class Score:
+    condition: str
+    trials: int
+    detected: int
+    delays: list[float]
+    false_alerts: int
+    single_hours: float
+    types: dict[str, int]
+    audio_delays: list[float] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        recall = self.detected / self.trials if self.trials else float("nan")
+        p50, p95 = np.percentile(self.delays, [50, 95]) if self.delays else (np.nan, np.nan)
+        fph = self.false_alerts / self.single_hours if self.single_hours else float("nan")
+        kinds = ",".join(f"{k}:{v}" for k, v in sorted(self.types.items())) or "-"
+        rec = f"{recall:6.3f}" if self.trials else "   n/a"
+        a95 = np.percentile(self.audio_delays, 95) if self.audio_delays else np.nan
+        return (
+            f"{self.condition:<13} {self.trials:>6} {rec} {p50:8.2f} {p95:8.2f} {a95:8.2f} "
+            f"{self.false_alerts:>6} {self.single_hours:7.2f} {fph:8.2f}  {kinds}"
+        )
+
+
+def score(condition: str, trials: list[Trial], run: RunResult, config: DetectorConfig) -> Score:
+    by_stream: dict[str, list[Event]] = defaultdict(list)
+    for e in run.events:
+        if e.type in VOICE_ALERTS:
+            by_stream[e.stream].append(e)
+    detected, delays, audio_delays, false_alerts = 0, [], [], 0
+    notes: list[str] = []
+    types: dict[str, int] = defaultdict(int)
+    horizon = config.window + 2 * config.hop  # a voice may be seen until it leaves a window
+    for t in trials:
+        events = sorted(by_stream.get(t.name, []), key=lambda e: e.emitted)
+        false_ids = {e.alert_id for e in events if e.emitted <= t.single_until}
+        false_alerts += len(false_ids)
+        notes += [
+            f"false {e.type} {t.name} at {e.emitted:.0f} s ({e.start:.1f}-{e.end:.1f})"
+            for e in events
+            if e.alert_id in false_ids
+        ]
+        for on, off in t.episodes:
+            hit = next(
+                (e for e in events if on < e.emitted <= off + horizon and e.end >= on - 0.5),
+                None,
+            )
+            if hit is not None:
+                detected += 1
+                delays.append(hit.emitted - on + hit.compute)
+                audio_delays.append(hit.emitted - on)
+                types[str(hit.type)] += 1
+            else:
+                notes.append(f"missed {t.name} episode {on:.1f}-{off:.1f}")
+                for r in run.traces.get(t.name, []):
+                    if on - 2 < float(r["end"]) <= off + horizon:  # type: ignore[arg-type]
+                        notes.append(f"      {r}")
+    hours = sum(t.single_until for t in trials) / 3600
+    n_episodes = sum(len(t.episodes) for t in trials)
+    return Score(
+        condition,
+        n_episodes,
+        detected,
+        delays,
+        false_alerts,
+        hours,
+        dict(types),
+        audio_delays,
+        notes,
+    )
+
+
+def _pairs(corpus: Corpus, n: int, rng: np.random.Generator) -> list[tuple[str, str]]:
+    ids = sorted(corpus.utterances)
+    out = []
+    for _ in range(n):
+        a, b = rng.choice(ids, size=2, replace=False)
+        out.append((str(a), str(b)))
+    return out
+
+
+def bench_ami(folder: Path, config: DetectorConfig) -> list[str]:
+    from rtcproctor.voice.analyzer import Analyzer
+    from rtcproctor.voice.offline import analyze_file
+
+    ref: dict[str, set[str]] = defaultdict(set)
+    rttm = folder / "reference.rttm"
+    if rttm.exists():
+        for line in rttm.read_text(encoding="utf-8").splitlines():
+            f = line.split()
+            if len(f) > 7 and f[0] == "SPEAKER":
+                ref[f[1]].add(f[7])
+    lines = []
+    for wav in sorted(folder.glob("*.wav")):
+        res = analyze_file(wav, Analyzer(replace(config, keep_turns=True)))
+        kinds = sorted({str(a.type) for a in res.alerts})
+        n = len(ref.get(wav.stem, set())) or "?"
+        expect = "none" if n == 1 else "alert"
+        got = "alert" if any(a.type in VOICE_ALERTS for a in res.alerts) else "none"
+        ok = "ok" if got == expect else "MISS" if expect == "alert" else "FALSE"
+        lines.append(
+            f"  {wav.stem:<8} speakers={n}  voice alerts={got:<5} {ok:<5} "
+            f"{','.join(kinds) or '-'}  turns={len(res.turns)}"
+        )
+    return lines
+
+
+def run(args: argparse.Namespace) -> int:
+    from rtcproctor.voice.models import load_models
+
+    eval_dir: Path = args.eval_dir.resolve()
+    libri = eval_dir / "librispeech-train-clean-100"
+    if not libri.is_dir():
+        print(f"bench voice: {libri} not found (pass --eval-dir)")
+        return 2
+    config = DetectorConfig()
+    for item in getattr(args, "set", []) or []:
+        key, _, value = item.partition("=")
+        current = getattr(config, key)
+        config = replace(config, **{key: type(current)(value)})
+    parts = set(getattr(args, "parts", "recall,speed,throughput,ami").split(","))
+    rng = np.random.default_rng(args.seed)
+    t0 = time.perf_counter()
+    models = load_models()
+    print(
+        f"models: {models.embedding_kind} from {models.source} ({time.perf_counter() - t0:.1f} s)"
+    )
+    print(f"cpu_count={os.cpu_count()} torch threads={__import__('torch').get_num_threads()}")
+    print(f"config: {config}")
+    corpus = Corpus.load(libri)
+    print(f"eval: {len(corpus.utterances)} LibriSpeech speakers from {libri}")
+    trials_n = 6 if args.quick else args.trials
+    single_n = 6 if args.quick else max(1, int(round(args.single_minutes)))
+
+    header = (
+        f"{'condition':<13} {'trials':>6} {'recall':>6} {'p50 s':>8} {'p95 s':>8} {'p95 aud':>8} "
+        f"{'false':>6} {'1spk h':>7} {'false/h':>8}  first alert types"
+    )
+    conditions = ["single", "handoff", "overlap", "quiet10", "quiet20", "gap_whisper"]
+    conditions.append("opus_quiet10")
+    if "recall" not in parts:
+        conditions = []
+    else:
+        print("\nrecall / delay (episodes 3-6 s), false voice alerts on single-speaker audio")
+        print(header)
+    total_false, total_hours = 0, 0.0
+    for condition in conditions:
+        n = single_n if condition == "single" else trials_n
+        trials = [
+            make_trial(corpus, condition, a, b, rng, i)
+            for i, (a, b) in enumerate(_pairs(corpus, n, rng))
+        ]
+        run_result = run_live(
+            {t.name: t.audio for t in trials}, config, trace=getattr(args, "verbose", False)
+        )
+        s = score(condition, trials, run_result, config)
+        total_false += s.false_alerts
+        total_hours += s.single_hours
+        print(s.line(), flush=True)
+        if getattr(args, "verbose", False):
+            for note in s.notes:
+                print("    " + note)
+        steps = np.array(run_result.steps)
+        if getattr(args, "verbose", False) and steps.size:
+            print(f"    step compute p50 {np.median(steps):.2f} s max {steps.max():.2f} s")
+    if total_hours:
+        print(
+            f"{'ALL single':<13} {'':>6} {'':>6} {'':>8} {'':>8} {'':>8} {total_false:>6} "
+            f"{total_hours:7.2f} {total_false / total_hours:8.2f}"
+        )
+
+    if "speed" in parts:
+        _bench_speed(args, corpus, config, rng)
+    if "throughput" in parts:
+        _bench_throughput(args, corpus, config, rng)
+    if "ami" in parts:
+        _bench_real(eval_dir, config)
+    print(f"\ntotal bench time {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def _bench_speed(
+    args: argparse.Namespace, corpus: Corpus, config: DetectorConfig, rng: np.random.Generator
+) -> None:
+    """`analyze` speed: one long file of continuous speech, one process."""
+    from rtcproctor.voice.analyzer import Analyzer
+    from rtcproctor.voice.offline import analyze_samples
+
+    minutes = 3 if args.quick else 10
+    ids = sorted(corpus.utterances)
+    speaker = ids[int(rng.integers(0, len(ids)))]
+    x = _level(corpus.talk(speaker, minutes * 60.0, rng), -26) + _noise(minutes * 60 * SR, rng)
+    began = time.perf_counter()
+    analyze_samples(x, Analyzer(replace(config, keep_turns=True)))
+    spent = time.perf_counter() - began
+    speed = x.size / SR / spent
+    print(
+        f"\nanalyze speed: {x.size / SR:.0f} s of continuous speech in {spent:.1f} s = "
+        f"{speed:.0f}x real time (1 h in {3600 / speed:.0f} s)"
+    )
+
+
+def _bench_throughput(
+    args: argparse.Namespace, corpus: Corpus, config: DetectorConfig, rng: np.random.Generator
+) -> None:
+    """N concurrent students, all talking all the time (the worst case)."""
+    ids = sorted(corpus.utterances)
+    n = 8 if args.quick else args.students
+    seconds = 30.0 if args.quick else 60.0
+    streams = {
+        f"student-{i}": _level(corpus.talk(ids[int(rng.integers(0, len(ids)))], seconds, rng), -26)
+        + _noise(int(seconds * SR), rng)
+        for i in range(n)
+    }
+    res = run_live(streams, config, chunk=0.5)
+    ratio = res.compute_seconds / seconds
+    steps = np.array(res.steps)
+    print(
+        f"throughput: {n} students x {seconds:.0f} s continuous speech fed in 0.5 s chunks: "
+        f"compute {res.compute_seconds:.1f} s = {ratio:.2f} of real time "
+        f"(step p50 {np.percentile(steps, 50):.2f} s, p95 {np.percentile(steps, 95):.2f} s, "
+        f"{res.embeddings} embeddings) -> ~{n / ratio:.0f} concurrent real-time students "
+        f"(all talking) on {os.cpu_count()} cores"
+    )
+
+
+def _bench_real(eval_dir: Path, config: DetectorConfig) -> None:
+    """Real recordings with references: AMI meeting excerpts and pyannote's sample."""
+    ami = eval_dir / "ami-excerpts"
+    if ami.is_dir():
+        print("\nAMI excerpts (analyze, same detector):")
+        for line in bench_ami(ami, config):
+            print(line)
+    sample = eval_dir / "pyannote-sample"
+    if sample.is_dir():
+        print("pyannote sample:")
+        for line in bench_ami(sample, config):
+            print(line)

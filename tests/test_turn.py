@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -102,8 +103,10 @@ def relay_server(tmp_path, turn):
         "RTCPROCTOR_TURN_SECRET": turn.secret,
         "RTCPROCTOR_TURN_URLS": turn.url,
         "RTCPROCTOR_ICE_TRANSPORT_POLICY": "relay",
+        "RTCPROCTOR_VOICE": "1",
     }
     srv = Server(data_dir=tmp_path / "data", env=env).start()
+    srv.wait_voice_ready()
     yield srv
     srv.stop()
 
@@ -123,6 +126,7 @@ async def test_chromium_streams_through_coturn_with_relay_only(browser, relay_se
             const stats = [...(await pc.getStats()).values()];
             const pair = stats.find((s) => s.type === 'candidate-pair' && s.nominated
                                            && s.state === 'succeeded');
+            if (!pair) { result.push([null, null, null]); continue; }
             const local = stats.find((s) => s.id === pair.localCandidateId);
             const remote = stats.find((s) => s.id === pair.remoteCandidateId);
             result.push([local.candidateType, remote.candidateType,
@@ -130,4 +134,16 @@ async def test_chromium_streams_through_coturn_with_relay_only(browser, relay_se
         }
         return result;
     }"""
-    assert await student.page.evaluate(selected) == [["relay", "relay", "relay"]]
+    # Two peers, both relayed by coturn: the monitor's and the shadow proctor's (audio only).
+    await student.page.wait_for_function("() => window.rtcproctor.peers.size === 2")
+    for _ in range(100):
+        pairs = await student.page.evaluate(selected)
+        if len(pairs) == 2 and all(p[0] for p in pairs):
+            break
+        await asyncio.sleep(0.1)
+    assert pairs == [["relay", "relay", "relay"]] * 2
+    for _ in range(100):
+        if relay_server.health()["shadow_audio_frames"] > 0:
+            break
+        await asyncio.sleep(0.1)
+    assert relay_server.health()["shadow_audio_frames"] > 0

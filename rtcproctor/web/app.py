@@ -102,6 +102,7 @@ async def healthz(request: web.Request) -> web.Response:
         "live": sum(1 for s in presence.students.values() if s.live),
         "voice": voice,
         "shadow_peers": len(shadow.peers) if shadow is not None else 0,
+        "shadow_audio_frames": sum(p.frames for p in shadow.peers.values()) if shadow else 0,
     }
     return web.json_response(body, status=200 if database == "ok" else 503)
 

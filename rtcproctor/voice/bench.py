@@ -249,11 +249,15 @@ def score(condition: str, trials: list[Trial], run: RunResult, config: DetectorC
         events = sorted(by_stream.get(t.name, []), key=lambda e: e.emitted)
         false_ids = {e.alert_id for e in events if e.emitted <= t.single_until}
         false_alerts += len(false_ids)
-        notes += [
-            f"false {e.type} {t.name} at {e.emitted:.0f} s ({e.start:.1f}-{e.end:.1f})"
-            for e in events
-            if e.alert_id in false_ids
-        ]
+        for e in events:
+            if e.alert_id in false_ids:
+                span = f"({e.start:.1f}-{e.end:.1f})"
+                notes.append(f"false {e.type} {t.name} at {e.emitted:.0f} s {span}")
+                notes += [
+                    f"      {r}"
+                    for r in run.traces.get(t.name, [])
+                    if abs(float(r["end"]) - e.emitted) < 0.01  # type: ignore[arg-type]
+                ]
         for on, off in t.episodes:
             hit = next(
                 (e for e in events if on < e.emitted <= off + horizon and e.end >= on - 0.5),
@@ -344,7 +348,7 @@ def run(args: argparse.Namespace) -> int:
     corpus = Corpus.load(libri)
     print(f"eval: {len(corpus.utterances)} LibriSpeech speakers from {libri}")
     trials_n = 6 if args.quick else args.trials
-    single_n = 6 if args.quick else max(1, int(round(args.single_minutes)))
+    single_n = 6 if args.quick else max(1, int(args.single_minutes + 0.5))
 
     header = (
         f"{'condition':<13} {'trials':>6} {'recall':>6} {'p50 s':>8} {'p95 s':>8} {'p95 aud':>8} "
@@ -352,6 +356,8 @@ def run(args: argparse.Namespace) -> int:
     )
     conditions = ["single", "handoff", "overlap", "quiet10", "quiet20", "gap_whisper"]
     conditions.append("opus_quiet10")
+    if getattr(args, "conditions", None):
+        conditions = [c for c in conditions if c in args.conditions.split(",")]
     if "recall" not in parts:
         conditions = []
     else:

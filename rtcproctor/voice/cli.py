@@ -46,6 +46,7 @@ def add_bench_parser(kinds: argparse._SubParsersAction) -> argparse.ArgumentPars
         help="override a DetectorConfig field (tuning on the eval set)",
     )
     parser.add_argument("--verbose", action="store_true", help="list misses and false alerts")
+    parser.add_argument("--conditions", help="comma-separated subset of the mixture conditions")
     parser.add_argument(
         "--parts",
         default="recall,speed,throughput,ami",

@@ -21,7 +21,7 @@ from rtcproctor.codes import CodeError, normalize_code
 from rtcproctor.rtc.ice import configuration, description_json
 from rtcproctor.sim.events import FORWARDED, EventSink
 from rtcproctor.sim.peers import Peer, Peers
-from rtcproctor.sim.socket import AckError, Signaling
+from rtcproctor.sim.socket import AckError, Signaling, log_disconnect, spawn
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +85,7 @@ class SimProctor:
         return 0
 
     def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        spawn(self._tasks, coro)
 
     # Watching
 
@@ -96,9 +94,7 @@ class SimProctor:
         self._spawn(self._watch())
 
     async def _on_disconnect(self, *reason: Any) -> None:
-        why = str(reason[0]) if reason else "unknown reason"
-        level = logging.INFO if why == "client disconnect" else logging.WARNING
-        log.log(level, "disconnected from the server (%s)", why)
+        log_disconnect(log, reason)
         await self.peers.close_all()
 
     async def _watch(self) -> None:

@@ -104,3 +104,17 @@ class Signaling:
         http = getattr(self.sio.eio, "http", None)
         if http is not None and not http.closed:
             await http.close()
+
+
+def spawn(tasks: set[asyncio.Task[Any]], coro: Any) -> None:
+    """Run `coro` as a task that `tasks` holds until it ends (so it is not collected early)."""
+    task = asyncio.ensure_future(coro)
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
+
+
+def log_disconnect(logger: logging.Logger, reason: tuple[Any, ...]) -> None:
+    """A disconnect we asked for is routine; any other is worth a warning."""
+    why = str(reason[0]) if reason else "unknown reason"
+    level = logging.INFO if why == "client disconnect" else logging.WARNING
+    logger.log(level, "disconnected from the server (%s)", why)

@@ -22,7 +22,7 @@ from aiortc import RTCPeerConnection
 from rtcproctor.rtc.ice import configuration, description_json
 from rtcproctor.sim.media import MediaSource, PatternTrack
 from rtcproctor.sim.peers import Peer, Peers
-from rtcproctor.sim.socket import AckError, Signaling
+from rtcproctor.sim.socket import AckError, Signaling, log_disconnect, spawn
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +81,7 @@ class SimStudent:
         self._done.set()
 
     def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        spawn(self._tasks, coro)
 
     async def _shutdown(self, tell_server: bool) -> None:
         for task in list(self._tasks):
@@ -104,9 +102,7 @@ class SimStudent:
         self._spawn(self._join_and_go_live())
 
     async def _on_disconnect(self, *reason: Any) -> None:
-        why = str(reason[0]) if reason else "unknown reason"
-        level = logging.INFO if why == "client disconnect" else logging.WARNING
-        log.log(level, "disconnected from the server (%s)", why)
+        log_disconnect(log, reason)
         # The server closed every peer of the old connection; the new one gets fresh requests.
         await self.peers.close_all()
 

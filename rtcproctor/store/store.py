@@ -88,10 +88,10 @@ class Store:
             exam = await session.scalar(select(Exam).where(Exam.key_digest == digest(key)))
         return None if exam is None else ExamRecord(exam.id, exam.name, exam.created_at)
 
-    async def exam(self, exam_id: str) -> ExamRecord | None:
+    async def student(self, student_id: int) -> StudentRecord | None:
         async with self._session() as session:
-            exam = await session.get(Exam, exam_id)
-        return None if exam is None else ExamRecord(exam.id, exam.name, exam.created_at)
+            row = await session.get(Student, student_id)
+        return None if row is None else StudentRecord(row.id, row.exam_id, row.name)
 
     async def add_students(
         self, exam_id: str, names: Sequence[str]

@@ -221,12 +221,8 @@ async def alert_evidence(request: web.Request) -> web.StreamResponse:
         raise web.HTTPNotFound() from exc
     store = request.app[STORE]
     alert = await store.alert(alert_id)
-    student = None
-    if alert is not None:
-        student = next(
-            (s for s in await store.students_of_exam(exam.id) if s.id == alert.student_id), None
-        )
-    if alert is None or student is None or not alert.evidence:
+    student = await store.student(alert.student_id) if alert is not None else None
+    if alert is None or student is None or student.exam_id != exam.id or not alert.evidence:
         raise web.HTTPNotFound(text="no such alert in this exam")
     data_dir = request.app[SETTINGS].data_dir.resolve()
     path = (data_dir / alert.evidence).resolve()

@@ -84,14 +84,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings.host,
         settings.port,
     )
-    web.run_app(
-        create_app(settings),
-        ssl_context=ssl_context,
-        host=settings.host,
-        port=settings.port,
-        print=None,
-        access_log=None,
-    )
+    from rtcproctor.signaling.presence import PresenceUnavailable
+
+    try:
+        web.run_app(
+            create_app(settings),
+            ssl_context=ssl_context,
+            host=settings.host,
+            port=settings.port,
+            print=None,
+            access_log=None,
+        )
+    except PresenceUnavailable as exc:
+        log.error("%s", exc)
+        return 2
     return 0
 
 
@@ -261,8 +267,17 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     url = make_url(settings.resolved_database_url)
+    if url.get_backend_name() == "postgresql":
+        libpq = url.set(drivername="postgresql").render_as_string(hide_password=True)
+        print(
+            "rtcproctor backup copies SQLite databases only. This one is PostgreSQL: back it "
+            f"up with pg_dump, e.g.\n  pg_dump --format=custom --file=rtcproctor.dump '{libpq}'\n"
+            "and restore with pg_restore.",
+            file=sys.stderr,
+        )
+        return 2
     if url.get_backend_name() != "sqlite" or not url.database:
-        print("rtcproctor backup: only for SQLite; for PostgreSQL use pg_dump", file=sys.stderr)
+        print("rtcproctor backup: only for SQLite database files", file=sys.stderr)
         return 2
     if not Path(url.database).exists():
         print(f"rtcproctor backup: no database at {url.database}", file=sys.stderr)
@@ -272,6 +287,36 @@ def cmd_backup(args: argparse.Namespace) -> int:
         source.backup(target)
     print(f"backed up {url.database} to {args.output}", file=sys.stderr)
     return 0
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    """Schema migrations by hand; `serve` and every other command also upgrade on start."""
+    from sqlalchemy.engine import make_url
+
+    from rtcproctor.store import Store, migrate
+
+    settings = _settings(args)
+    _logging(settings)
+    url = settings.resolved_database_url
+    parsed = make_url(url)
+    sqlite_file = parsed.database if parsed.get_backend_name() == "sqlite" else None
+    if args.action == "current" and sqlite_file and not Path(sqlite_file).exists():
+        print(f"rtcproctor db: no database at {sqlite_file}", file=sys.stderr)
+        return 2
+
+    async def run() -> tuple[str | None, str]:
+        store = await Store.open(url, upgrade=args.action == "upgrade")
+        try:
+            return await migrate.revisions(store.engine)
+        finally:
+            await store.close()
+
+    current, head = asyncio.run(run())
+    if current == head:
+        print(f"{current} (head)")
+        return 0
+    print(f"{current or 'none'} (head is {head}: run `rtcproctor db upgrade`)")
+    return 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -333,10 +378,21 @@ def build_parser() -> argparse.ArgumentParser:
     turn.add_argument("--json", action="store_true")
     turn.set_defaults(func=cmd_check_turn)
 
-    backup = sub.add_parser("backup", help="copy the SQLite database safely while serving")
+    backup = sub.add_parser(
+        "backup", help="copy the SQLite database safely while serving (PostgreSQL: pg_dump)"
+    )
     _common(backup)
     backup.add_argument("output", type=Path, help="file to write the copy to")
     backup.set_defaults(func=cmd_backup)
+
+    db = sub.add_parser("db", help="database schema: show or apply migrations")
+    _common(db)
+    db.add_argument(
+        "action",
+        choices=("upgrade", "current"),
+        help="upgrade: migrate to the newest schema; current: print the schema's revision",
+    )
+    db.set_defaults(func=cmd_db)
 
     report = sub.add_parser("report", help="an exam's report: every student's timeline")
     _common(report)

@@ -59,6 +59,8 @@ class Settings:
     port: int = 8080
     data_dir: Path = Path("data")
     database_url: str | None = None
+    redis_url: str | None = None
+    redis_prefix: str = "rtcproctor:"
     base_url: str | None = None
     log_level: str = "INFO"
     ice_loopback: bool = False
@@ -69,6 +71,7 @@ class Settings:
     ice_transport_policy: str = "all"
     voice: bool = True
     admin_token: str | None = None
+    metrics_token: str | None = None
     trust_proxy: bool = False
     static_dir: Path | None = None
     video: VideoSettings = field(default_factory=VideoSettings)
@@ -104,6 +107,8 @@ class Settings:
             "PORT": ("port", int),
             "DATA_DIR": ("data_dir", Path),
             "DATABASE_URL": ("database_url", str),
+            "REDIS_URL": ("redis_url", str),
+            "REDIS_PREFIX": ("redis_prefix", str),
             "BASE_URL": ("base_url", str),
             "LOG_LEVEL": ("log_level", str),
             "ICE_LOOPBACK": ("ice_loopback", _bool),
@@ -114,6 +119,7 @@ class Settings:
             "ICE_TRANSPORT_POLICY": ("ice_transport_policy", _policy),
             "VOICE": ("voice", _bool),
             "ADMIN_TOKEN": ("admin_token", str),
+            "METRICS_TOKEN": ("metrics_token", str),
             "TRUST_PROXY": ("trust_proxy", _bool),
             "STATIC_DIR": ("static_dir", Path),
         }

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import pwd
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -84,6 +89,7 @@ class Server:
                         return self
             except OSError:
                 time.sleep(0.1)
+        self.stop()  # not left running behind a failed test
         raise RuntimeError(f"server did not start: {self.log()}")
 
     def health(self) -> dict:
@@ -100,6 +106,15 @@ class Server:
                 raise RuntimeError(f"voice detection is {voice}: {self.log()[-2000:]}")
             time.sleep(0.25)
         raise RuntimeError("voice detection did not become ready")
+
+    def wait_no_shadow_peers(self, timeout: float = 60.0) -> None:
+        """Until the hidden peers of students who left are gone (a shared server's tests
+        count the peers of their own student)."""
+        deadline = time.monotonic() + timeout
+        while self.health()["shadow_peers"]:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"shadow peers left over: {self.health()}")
+            time.sleep(0.1)
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
@@ -192,3 +207,244 @@ class Turn:
         if self.process and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(10)
+
+
+INITDB_OPTIONS = ("--auth=trust", "--no-locale", "--encoding=UTF8", "--no-sync")
+
+
+class PostgresUnavailable(RuntimeError):
+    """This machine cannot run a throwaway PostgreSQL server (the reason says why)."""
+
+
+@dataclass
+class Postgres:
+    """A real PostgreSQL server from Debian's binaries, in a temp dir, on 127.0.0.1.
+
+    postgres refuses to run as root, so as root it runs as the `postgres` system user the
+    Debian package creates; trust authentication, no fsync: it exists for one test session.
+    """
+
+    port: int = field(default_factory=free_port)
+    workdir: Path | None = None
+    process: subprocess.Popen | None = None
+    bin_dir: Path | None = None
+    log_path: Path | None = None
+    databases: int = 0
+
+    @staticmethod
+    def find_bin_dir() -> Path | None:
+        candidates = [
+            Path(d)
+            for d in glob.glob("/usr/lib/postgresql/*/bin")
+            if Path(d, "postgres").exists() and Path(d, "initdb").exists()
+        ]
+        return max(candidates, key=lambda p: int(p.parent.name), default=None)
+
+    def _run_as(self) -> dict:
+        if os.geteuid() != 0:
+            return {}
+        try:
+            account = pwd.getpwnam("postgres")
+        except KeyError as exc:
+            raise PostgresUnavailable("running as root and there is no `postgres` user") from exc
+        return {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
+
+    def start(self, timeout: float = 60.0) -> Postgres:
+        self.bin_dir = self.find_bin_dir()
+        if self.bin_dir is None:
+            raise PostgresUnavailable(
+                "no PostgreSQL server in /usr/lib/postgresql/*/bin (apt-get install postgresql)"
+            )
+        as_user = self._run_as()
+        self.workdir = Path(tempfile.mkdtemp(prefix="rtcproctor-pg-"))
+        data = self.workdir / "data"
+        try:
+            if as_user:
+                os.chown(self.workdir, as_user["user"], as_user["group"])
+            subprocess.run(
+                [self.bin_dir / "initdb", "-D", data, "-U", "postgres", *INITDB_OPTIONS],
+                check=True,
+                capture_output=True,
+                cwd=self.workdir,
+                **as_user,
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            detail = (getattr(exc, "stderr", b"") or b"").decode(errors="replace")[-300:]
+            self.stop()
+            raise PostgresUnavailable(
+                f"cannot run PostgreSQL as the postgres user here ({exc}) {detail}; a user "
+                "namespace that maps only one uid cannot: run the tests as real root"
+            ) from exc
+        self.log_path = self.workdir / "postgres.log"
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [self.bin_dir / "postgres", "-D", data, "-k", self.workdir, *self.options()],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                **as_user,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"postgres exited: {self.log_path.read_text()[-2000:]}")
+            ready = subprocess.run(
+                [self.bin_dir / "pg_isready", "-q", "-h", "127.0.0.1", "-p", str(self.port)]
+            )
+            if ready.returncode == 0:
+                return self
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("postgres did not start")
+
+    def options(self) -> list[str]:
+        """Loopback only, and no durability: the data lives for one test session."""
+        durability = ("fsync", "synchronous_commit", "full_page_writes")
+        return ["-h", "127.0.0.1", "-p", str(self.port)] + [
+            arg for name in durability for arg in ("-c", f"{name}=off")
+        ]
+
+    def client(self, database: str = "postgres") -> list[str]:
+        return ["-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", database]
+
+    def psql(self, sql: str, database: str = "postgres") -> str:
+        command = [self.bin_dir / "psql", "-XqAt", "-v", "ON_ERROR_STOP=1", "-c", sql]
+        return subprocess.run(
+            [*command, *self.client(database)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+
+    def url(self, database: str) -> str:
+        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def database(self) -> str:
+        """A fresh, empty database; returns its SQLAlchemy async URL."""
+        self.databases += 1
+        name = f"test{self.databases}"
+        self.psql(f"CREATE DATABASE {name}")
+        return self.url(name)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)  # fast shutdown: don't wait for clients
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+@dataclass
+class RedisServer:
+    """A real redis-server (Debian's) on 127.0.0.1, nothing persisted."""
+
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (Debian package redis-server)")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with open(self.workdir / "redis.log", "ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    binary,
+                    "--bind",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(self.workdir),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError((self.workdir / "redis.log").read_text())
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return self
+            time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+class Balancer:
+    """A TCP load balancer for the tests, in the test's own event loop: each new
+    connection goes to the first backend that accepts it, as a balancer with health
+    checks would send it to a live process. Socket.IO here is WebSocket-only, so no
+    session stickiness is needed."""
+
+    def __init__(self, backends: list[int]) -> None:
+        self.backends = backends
+        self.port = free_port()
+        self.accepted: list[int] = []
+        self._server = None
+        self._pipes: set = set()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> Balancer:
+        import asyncio
+
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        return self
+
+    async def _serve(self, reader, writer) -> None:
+        import asyncio
+
+        for port in self.backends:
+            try:
+                up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                continue
+            self.accepted.append(port)
+            for src, dst in ((reader, up_writer), (up_reader, writer)):
+                task = asyncio.create_task(self._pipe(src, dst))
+                self._pipes.add(task)
+                task.add_done_callback(self._pipes.discard)
+            return
+        writer.close()
+
+    @staticmethod
+    async def _pipe(src, dst) -> None:
+        try:
+            while data := await src.read(65536):
+                dst.write(data)
+                await dst.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            dst.close()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._pipes):
+            task.cancel()

@@ -1,14 +1,17 @@
-"""`rtcproctor bench signaling` runs end to end with small numbers and prints its figures.
+"""The benchmarks run end to end with small numbers and print their figures.
 
-Only that it ran and reported is asserted: the figures themselves are for people to read.
+Only that they ran and reported sensible figures is asserted: the timings themselves
+are for people to read.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -16,9 +19,22 @@ import pytest
 @pytest.mark.timeout(400)
 def test_bench_signaling_prints_its_figures() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "rtcproctor", "bench", "signaling",
-         "--clients", "50", "--rate", "100", "--seconds", "3"],
-        capture_output=True, text=True, timeout=360,
+        [
+            sys.executable,
+            "-m",
+            "rtcproctor",
+            "bench",
+            "signaling",
+            "--clients",
+            "50",
+            "--rate",
+            "100",
+            "--seconds",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=360,
         env={**os.environ, "RTCPROCTOR_LOG_LEVEL": "WARNING"},
     )
     out = result.stdout
@@ -30,3 +46,97 @@ def test_bench_signaling_prints_its_figures() -> None:
     assert re.search(r"go live\s+median [\d.]+ s\s+max [\d.]+ s\s+\(5 runs", out)
     for target in (">= 2,000 held", "p99 < 50 ms at 1,000 msg/s", "target: < 1.5 s"):
         assert target in out
+
+
+@pytest.mark.skipif(not shutil.which("redis-server"), reason="needs redis-server")
+@pytest.mark.timeout(400)
+def test_bench_signaling_relays_across_two_processes() -> None:
+    """Two server processes over the bench's own Redis: every relay pair spans both."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rtcproctor",
+            "bench",
+            "signaling",
+            "--processes",
+            "2",
+            "--clients",
+            "30",
+            "--rate",
+            "60",
+            "--seconds",
+            "3",
+            "--go-live-runs",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=360,
+        env={**os.environ, "RTCPROCTOR_LOG_LEVEL": "WARNING"},
+    )
+    out = result.stdout
+    assert result.returncode == 0, f"{out}\n{result.stderr}"
+    assert re.search(rf"\b{os.cpu_count()} cores\b", out)
+    assert "2 processes started by the bench" in out
+    assert re.search(r"load average [\d.]+ / [\d.]+ / [\d.]+", out)
+    assert "30 of 30 connected" in out
+    pairs = int(re.search(r"(\d+) student->proctor pairs", out).group(1))
+    assert f"{pairs} of {pairs} pairs have the student and the proctor on different" in out
+    received = int(re.search(r"\d+ sent, (\d+) received", out).group(1))
+    across = int(re.search(r"(\d+) received across processes", out).group(1))
+    assert received > 0 and across == received
+    assert re.search(r"servers [\d.]+% \([\d.]+% \+ [\d.]+%\), redis-server [\d.]+%", out)
+    assert re.search(r"go live\s+median [\d.]+ s.*proctor and student on different processes", out)
+
+
+@pytest.mark.timeout(700)
+def test_bench_capacity_analyses_every_stream_and_alerts_the_second_voice(
+    voices: dict[str, Path],
+) -> None:
+    """Three students on espeak-ng voices; the third gets the helper's voice over theirs."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rtcproctor",
+            "bench",
+            "capacity",
+            "--students",
+            "3",
+            "--second-voice-every",
+            "3",
+            "--seconds",
+            "20",
+            "--warmup",
+            "8",
+            # A loaded test machine may analyse slowly; this asserts that it alerts, not when.
+            "--miss-after",
+            "200",
+            "--speech",
+            str(voices["a"]),
+            "--speech",
+            str(voices["b"]),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=660,
+        env={**os.environ, "RTCPROCTOR_LOG_LEVEL": "WARNING"},
+    )
+    out = result.stdout
+    assert result.returncode == 0, f"{out}\n{result.stderr}"
+    assert re.search(rf"\b{os.cpu_count()} cores\b", out)
+    assert re.search(r"load average [\d.]+ / [\d.]+ / [\d.]+", out)
+    assert "3 of 3 live, audio only" in out
+    assert "2 speech file(s) given with --speech" in out
+    analysed, due = map(int, re.search(r"(\d+) frames analysed of (\d+) due", out).groups())
+    assert due > 0 and analysed > 0
+    assert "3 shadow peers at the end" in out
+    assert re.search(r"server CPU [\d.]+ cores = [\d.]+ % of one core per stream", out)
+    assert re.search(r"server RSS \d+ MiB", out)
+    assert re.search(r"generator\s+\d+ % of one core", out)
+    alerted, episodes = map(int, re.search(r"(\d+) of (\d+) second voices alerted", out).groups())
+    assert episodes >= 1 and alerted >= 1, out
+    assert re.search(r"latency .* median [\d.]+ s\s+p95 [\d.]+ s\s+max [\d.]+ s", out)
+    assert re.search(r"\d+ voice alerts on [\d.]+ h of single-voice audio", out)
+    assert re.search(r"^capacity: 3 students analysed in real time: (yes|no)$", out, re.M)

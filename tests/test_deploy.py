@@ -17,9 +17,12 @@ from tests.support import REPO, free_port
 COMPOSE = Path(importlib.util.find_spec("compose").origin).parent / "docker-compose"
 
 
-def compose(*args: str, env_file: Path) -> subprocess.CompletedProcess:
+def compose(*args: str, env_file: Path, scale: bool = False) -> subprocess.CompletedProcess:
+    files = ["-f", str(REPO / "docker-compose.yml")]
+    if scale:
+        files += ["-f", str(REPO / "docker-compose.scale.yml")]
     return subprocess.run(
-        [str(COMPOSE), "-f", str(REPO / "docker-compose.yml"), "--env-file", str(env_file), *args],
+        [str(COMPOSE), *files, "--env-file", str(env_file), *args],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -51,6 +54,30 @@ def test_compose_starts_server_https_and_coturn_as_documented():
     assert "--static-auth-secret=change-me-to-a-long-random-secret" in turn["command"]
 
 
+def test_scaled_compose_adds_redis_postgres_and_a_balancer_over_replicas(tmp_path):
+    assert compose("config", "-q", env_file=REPO / ".env.example", scale=True).returncode == 0
+    result = compose("config", "--format", "json", env_file=REPO / ".env.example", scale=True)
+    assert result.returncode == 0, result.stderr
+    config = json.loads(result.stdout)
+    services = config["services"]
+    assert set(services) == {"rtcproctor", "https", "coturn", "redis", "postgres"}
+    server = services["rtcproctor"]
+    env = server["environment"]
+    assert env["RTCPROCTOR_REDIS_URL"] == "redis://redis:6379/0"
+    assert env["RTCPROCTOR_DATABASE_URL"].startswith("postgresql+asyncpg://rtcproctor:")
+    assert "change-me-too@postgres:5432/rtcproctor" in env["RTCPROCTOR_DATABASE_URL"]
+    assert set(server["depends_on"]) == {"redis", "postgres"}
+    assert "container_name" not in server and "ports" not in server  # replicas can scale
+    caddyfile = config["configs"]["caddyfile"]["content"]
+    assert "dynamic a rtcproctor 8080" in caddyfile and "exam.school.example" in caddyfile
+    assert services["https"]["configs"][0]["target"] == "/etc/caddy/Caddyfile"
+    assert services["postgres"]["healthcheck"]["test"] and services["redis"]["healthcheck"]["test"]
+    env = tmp_path / "env"
+    env.write_text((REPO / ".env.example").read_text().replace("POSTGRES_", "#POSTGRES_"))
+    result = compose("config", "-q", env_file=env, scale=True)
+    assert result.returncode != 0 and "POSTGRES_PASSWORD" in result.stderr
+
+
 def test_compose_refuses_a_missing_setting(tmp_path):
     env = tmp_path / "env"
     env.write_text((REPO / ".env.example").read_text().replace("PUBLIC_IP=", "#PUBLIC_IP="))
@@ -77,6 +104,7 @@ def test_self_signed_https_for_lan_trials(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        env={**os.environ, "RTCPROCTOR_VOICE": "0"},  # about TLS: no models to load
     )
     try:
         cert = tmp_path / "tls" / "self-signed.crt"

@@ -6,6 +6,19 @@ import json
 import urllib.error
 import urllib.request
 
+import pytest
+
+from tests.support import Server
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """One server for these requests: none changes what another sees (exams are separate,
+    and all the API calls stay well within one address's rate limit)."""
+    srv = Server(data_dir=tmp_path_factory.mktemp("http") / "data").start()
+    yield srv
+    srv.stop()
+
 
 def fetch(url: str, data: bytes | None = None, headers: dict | None = None):
     request = urllib.request.Request(url, data=data, headers=headers or {})

@@ -44,7 +44,10 @@ class Sim:
         self._stderr = open(self.stderr_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "rtcproctor", "simulate", role, *args],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
             env={**os.environ, "RTCPROCTOR_ICE_LOOPBACK": "1"},
         )
         self.events: list[Event] = []
@@ -76,7 +79,8 @@ class Sim:
                 left = deadline - time.monotonic()
                 if left <= 0 or self._eof:
                     raise AssertionError(
-                        f"no matching event; got {self.events[after:]}\n{self.stderr()}")
+                        f"no matching event; got {self.events[after:]}\n{self.stderr()}"
+                    )
                 self._changed.wait(min(left, 0.5))
 
     async def await_for(self, match: Callable[[Event], bool], after: int = 0) -> int:
@@ -101,6 +105,23 @@ class Sim:
         self._stderr.close()
 
 
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[Server]:
+    """One server for the module: each test makes its own exam, and its simulators are
+    stopped before the next test starts."""
+    srv = Server(data_dir=tmp_path_factory.mktemp("simulate") / "data").start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[Server]:
+    """A server that the test may stop and start again."""
+    srv = Server(data_dir=tmp_path / "data").start()
+    yield srv
+    srv.stop()
+
+
 @pytest.fixture
 def sims(tmp_path: Path) -> Iterator[Callable[..., Sim]]:
     started: list[Sim] = []
@@ -111,6 +132,9 @@ def sims(tmp_path: Path) -> Iterator[Callable[..., Sim]]:
         return sim
 
     yield start
+    for sim in started:  # all at once: each takes a moment to close its peers
+        if sim.proc.poll() is None:
+            sim.proc.send_signal(signal.SIGTERM)
     for sim in started:
         sim.stop()
 
@@ -125,8 +149,11 @@ def proctor(sims: Callable[..., Sim], server: Server, *codes: str) -> Sim:
 
 def is_(type_: str, code: str, **fields: Any) -> Callable[[Event], bool]:
     def match(event: Event) -> bool:
-        return (event["type"] == type_ and event["code"] == normal(code)
-                and all(event.get(k) == v for k, v in fields.items()))
+        return (
+            event["type"] == type_
+            and event["code"] == normal(code)
+            and all(event.get(k) == v for k, v in fields.items())
+        )
 
     return match
 
@@ -243,13 +270,15 @@ async def test_chat_and_attention_both_ways(server: Server, sims) -> None:
 
         await page.call("chat:send", {"text": "may I ask something?"})
         index = await watcher.await_for(
-            lambda e: e["type"] == "chat" and e["message"]["text"] == "may I ask something?")
+            lambda e: e["type"] == "chat" and e["message"]["text"] == "may I ask something?"
+        )
         assert watcher.events[index]["message"]["from"] == "student"
         assert watcher.events[index]["code"] == normal(code)
 
         watcher.send({"chat": {"code": code, "text": "go ahead"}})
-        ack = watcher.events[await watcher.await_for(
-            lambda e: e["type"] == "ack" and e["command"] == "chat")]
+        ack = watcher.events[
+            await watcher.await_for(lambda e: e["type"] == "ack" and e["command"] == "chat")
+        ]
         assert ack["ok"] is True and ack["message"]["text"] == "go ahead"
         got = await page.wait_for("chat:message", lambda d: d["message"]["text"] == "go ahead")
         assert got["message"]["from"] == "proctor"
@@ -262,8 +291,9 @@ async def test_chat_and_attention_both_ways(server: Server, sims) -> None:
         await watcher.await_for(lambda e: e["type"] == "resolved" and e["id"] == raised["id"])
 
         watcher.send({"attention": {"code": code}})
-        ack = watcher.events[await watcher.await_for(
-            lambda e: e["type"] == "ack" and e["command"] == "attention")]
+        ack = watcher.events[
+            await watcher.await_for(lambda e: e["type"] == "ack" and e["command"] == "attention")
+        ]
         assert ack["ok"] is True and ack["attention"]["from"] == "proctor"
         got = await page.wait_for("attention", lambda d: d["attention"]["from"] == "proctor")
         assert got["code"] == normal(code)
@@ -276,12 +306,14 @@ async def test_chat_and_attention_both_ways(server: Server, sims) -> None:
         await other.call("proctor:watch", {"codes": [code]})
         await other.call("chat:send", {"code": code, "text": "from the other proctor"})
         index = await watcher.await_for(
-            lambda e: e["type"] == "chat" and e["message"]["text"] == "from the other proctor")
+            lambda e: e["type"] == "chat" and e["message"]["text"] == "from the other proctor"
+        )
         assert watcher.events[index]["message"]["from"] == "proctor"
 
         await other.call("attention:raise", {"code": code})
         await watcher.await_for(
-            lambda e: e["type"] == "attention" and e["attention"]["from"] == "proctor")
+            lambda e: e["type"] == "attention" and e["attention"]["from"] == "proctor"
+        )
 
         watcher.send({"chat": {"code": code, "text": "seen it"}})
         got = await other.wait_for("chat:message", lambda d: d["message"]["text"] == "seen it")
@@ -316,16 +348,18 @@ def test_proctor_never_sees_events_of_another_code(server: Server, sims) -> None
     of_bob.wait_for(lambda e: e["type"] == "ack" and e["command"] == "attention")
     # Bob's proctor cannot act on Ann either.
     of_bob.send({"chat": {"code": ann, "text": "not mine"}})
-    refused = of_bob.events[of_bob.wait_for(
-        lambda e: e["type"] == "ack" and e["code"] == normal(ann))]
+    refused = of_bob.events[
+        of_bob.wait_for(lambda e: e["type"] == "ack" and e["code"] == normal(ann))
+    ]
     assert refused["ok"] is False and refused["error"]["code"] == "not_watching"
     # Ann's proctor, still receiving, has only Ann's events.
     after = len(of_ann.events)
     of_ann.send({"chat": {"code": ann, "text": "marker"}})
     of_ann.wait_for(lambda e: e["type"] == "chat" and e["message"]["text"] == "marker", after)
     assert {e["code"] for e in of_ann.events} == {normal(ann)}
-    assert not any(e["type"] == "chat" and e["message"]["text"] == "only for Bob"
-                   for e in of_ann.events)
+    assert not any(
+        e["type"] == "chat" and e["message"]["text"] == "only for Bob" for e in of_ann.events
+    )
 
 
 def test_proctor_reports_unknown_codes(server: Server, sims) -> None:
@@ -368,7 +402,8 @@ def test_second_device_replaces_the_first(server: Server, sims) -> None:
     assert tablet.proc.poll() is None
 
 
-def test_both_simulators_reconnect_after_a_server_restart(server: Server, sims) -> None:
+def test_both_simulators_reconnect_after_a_server_restart(own_server: Server, sims) -> None:
+    server = own_server
     code = server.codes("Ann")["students"][0]["code"]
     watcher = proctor(sims, server, code)
     student(sims, server, code)

@@ -112,7 +112,8 @@ def relay_server(tmp_path, turn):
 
 
 @pytest.mark.browser
-async def test_chromium_streams_through_coturn_with_relay_only(browser, relay_server):
+@pytest.mark.asyncio(loop_scope="session")
+async def test_chromium_streams_through_coturn_with_relay_only(relay_server, browser):
     from tests.test_pages import live_student, monitor, video_playing
 
     exam = relay_server.codes("Ann")

@@ -10,9 +10,7 @@ import pytest
 from rtcproctor import codes
 from rtcproctor.cli import read_roster
 from rtcproctor.config import Settings
-from rtcproctor.signaling.presence import Presence
 from rtcproctor.signaling.ratelimit import KeyedLimiter, TokenBucket
-from rtcproctor.store import StudentRecord
 
 
 def test_generated_codes_are_long_random_and_readable():
@@ -63,23 +61,6 @@ def test_keyed_limiter_is_per_key_and_bounded():
     for i in range(50):
         limiter.spend(f"k{i}")
     assert len(limiter._buckets) == 10
-
-
-def test_presence_peers_and_states():
-    presence = Presence()
-    state = presence.student(StudentRecord(1, "e", "Ann"), "CODE")
-    assert state.state == "offline"
-    assert presence.set_state(state, sid="s1") and state.state == "connected"
-    assert presence.set_state(state, live=True) and state.state == "live"
-    peer = presence.open_peer(state, "w1")
-    assert presence.peers_of("s1") == [peer] == presence.peers_of("w1")
-    assert presence.peers_between(1, "w1") == [peer]
-    presence.close_peer(peer.id)
-    assert presence.peers_of("s1") == [] and presence.close_peer(peer.id) is None
-    presence.set_state(state, sid=None)
-    assert state.state == "offline" and not state.live
-    presence.forget_if_idle(1)
-    assert 1 not in presence.students
 
 
 def test_settings_from_env_and_flags(tmp_path: Path):

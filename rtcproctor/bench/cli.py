@@ -1,4 +1,4 @@
-"""`rtcproctor bench signaling`."""
+"""`rtcproctor bench signaling`, `shadow`, `capacity` and `voice`."""
 
 from __future__ import annotations
 
@@ -16,8 +16,30 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     from rtcproctor.bench.shadow import add_parser as add_shadow
 
     add_shadow(kinds)
+    from rtcproctor.bench.capacity import add_parser as add_capacity
+
+    add_capacity(kinds)
     signaling = kinds.add_parser("signaling", help="clients held, relay rate and latency, go-live")
-    signaling.add_argument("--server", help="measure this running server instead of starting one")
+    signaling.add_argument(
+        "--server",
+        help="measure running server(s) instead of starting them (comma-separated URLs)",
+    )
+    signaling.add_argument(
+        "--processes",
+        type=int,
+        help="start N server processes over a redis-server of the bench's own (default 1)",
+    )
+    signaling.add_argument(
+        "--compare",
+        action="store_true",
+        help="step the relay rate with 1 process, then with N (--processes, default 2; or "
+        "the first --server, then all), and print the ratio of the rates sustained",
+    )
+    signaling.add_argument(
+        "--rates",
+        type=lambda v: [int(r) for r in v.split(",")],
+        help="msg/s steps for --compare (comma-separated, increasing; default 250 to 4000)",
+    )
     signaling.add_argument("--clients", type=int, default=2000)
     signaling.add_argument("--rate", type=int, default=1000, help="relayed messages per second")
     signaling.add_argument(
@@ -37,6 +59,16 @@ def run(args: argparse.Namespace) -> int:
     if args.clients < 2 or args.rate <= 0 or args.seconds <= 0 or args.go_live_runs < 1:
         print(
             "rtcproctor bench: need --clients >= 2, --rate > 0, --seconds > 0, --go-live-runs >= 1",
+            file=sys.stderr,
+        )
+        return 2
+    servers = [u for u in (args.server or "").split(",") if u.strip()]
+    if args.processes is not None and (args.processes < 1 or servers):
+        print("rtcproctor bench: --processes >= 1, and not with --server", file=sys.stderr)
+        return 2
+    if args.compare and (len(servers) == 1 or min(args.rates or [1]) <= 0):
+        print(
+            "rtcproctor bench: --compare needs two or more --server URLs (or none) and --rates > 0",
             file=sys.stderr,
         )
         return 2

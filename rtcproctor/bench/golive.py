@@ -3,7 +3,8 @@
 The clock starts when the simulated student sends `student:live {live:true}` (a proctor
 already watches) and stops when the simulated proctor decodes the first video frame:
 the server's `peer:request`, the student's complete offer, the answer, ICE, DTLS and
-the first VP8 key frame are all inside.
+the first VP8 key frame are all inside. With several servers the proctor and the student
+are on different ones, so the signaling crosses processes.
 """
 
 from __future__ import annotations
@@ -51,10 +52,10 @@ async def _stop(stop: asyncio.Event, task: asyncio.Task[int]) -> None:
         log.warning("a simulator did not stop in time")
 
 
-async def one_run(url: str, code: str, label: str) -> float:
+async def one_run(proctor_url: str, student_url: str, code: str, label: str) -> float:
     """Seconds from Go Live to the first decoded video frame at the proctor."""
     recorder = Recorder()
-    proctor = SimProctor(url, [code], recorder)
+    proctor = SimProctor(proctor_url, [code], recorder)
     proctor_stop = asyncio.Event()
     proctor_task = asyncio.ensure_future(proctor.run(proctor_stop))
     live_sent: list[float] = []
@@ -63,7 +64,11 @@ async def one_run(url: str, code: str, label: str) -> float:
     try:
         await asyncio.wait_for(recorder.first(lambda e: e["type"] in STATES), RUN_TIMEOUT)
         student = SimStudent(
-            url, code, open_media(None, None, label), label=label, on_live_sent=live_sent.append
+            student_url,
+            code,
+            open_media(None, None, label),
+            label=label,
+            on_live_sent=live_sent.append,
         )
         student_task = asyncio.ensure_future(student.run(student_stop))
         frame = await asyncio.wait_for(
@@ -77,13 +82,15 @@ async def one_run(url: str, code: str, label: str) -> float:
         await _stop(proctor_stop, proctor_task)
 
 
-async def measure(url: str, codes: list[str]) -> tuple[list[float], int]:
+async def measure(urls: list[str], codes: list[str]) -> tuple[list[float], int]:
     """One run per code; the times of the runs that succeeded, and how many failed."""
     times: list[float] = []
     failed = 0
+    n = len(urls)
     for index, code in enumerate(codes, 1):
+        proctor_url, student_url = urls[index % n], urls[(index + 1) % n]
         try:
-            seconds = await one_run(url, code, f"bench run {index}")
+            seconds = await one_run(proctor_url, student_url, code, f"bench run {index}")
         except (TimeoutError, IndexError) as exc:
             failed += 1
             log.warning("go-live run %d failed: %r", index, exc)

@@ -3,8 +3,15 @@
 Idle clients are student pages that joined with their own code and wait (answering
 pings). Relay pairs are a proctor watching a live student; the student sends
 `signal {peer, candidate}` to that peer at a steady rate and the proctor timestamps
-each arrival. One socket's messages stay in order, so each pair keeps a FIFO of send
-times; the sequence number in the candidate line shows any message that was lost.
+each arrival. The sequence number in the candidate line matches it to its send time;
+a message that has not arrived when its period ends is lost, and one that arrives
+after a later message of the same sender is counted as out of order (one socket's
+messages should keep their order, as offers and candidates rely on).
+
+With several servers, clients are spread over them round robin and each pair's proctor
+is on the server after its student's, so every relayed message crosses processes
+(through Redis). The relay runs at one rate or at several in turn (steps), on the same
+connected clients.
 """
 
 from __future__ import annotations
@@ -14,7 +21,6 @@ import gc
 import logging
 import os
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,12 +39,76 @@ CONNECT_CONCURRENCY = 50
 @dataclass
 class Pair:
     code: str
+    student_url: str
+    proctor_url: str
     student: SioConnection | None = None
     proctor: SioConnection | None = None
     peer: str | None = None
     next_seq: int = 0
-    in_flight: deque[tuple[int, float]] = field(default_factory=deque)
+    in_flight: dict[int, float] = field(default_factory=dict)  # seq -> perf_counter at send
+    last_seq: int = -1  # highest sequence number received
     got_peer: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def cross(self) -> bool:
+        return self.student_url != self.proctor_url
+
+
+@dataclass
+class Probes:
+    """Readings of the servers under measurement (None where they cannot be read)."""
+
+    server_cpu: Callable[[], list[float | None]] = list  # CPU seconds of each server
+    server_queued: Callable[[], list[float | None]] = list  # run-queue delay of each loop
+    redis_cpu: Callable[[], float | None] = lambda: None
+    redis_commands: Callable[[], dict[str, int]] = dict  # calls so far, by command
+
+
+def _delta(before: float | None, after: float | None) -> float | None:
+    return None if before is None or after is None else after - before
+
+
+def _total(values: list[float | None]) -> float | None:
+    return None if not values or None in values else sum(v for v in values if v is not None)
+
+
+@dataclass
+class RelayStep:
+    """One relay period at one target rate."""
+
+    rate_target: float
+    sent: int = 0
+    received: int = 0
+    received_cross: int = 0  # of those, student and proctor on different servers
+    lost: int = 0
+    out_of_order: int = 0  # received after a later message of the same student
+    late: int = 0  # arrived after its period had ended (counted lost there)
+    ack_ok: int = 0
+    ack_rate_limited: int = 0
+    ack_other: int = 0
+    elapsed: float = 0.0
+    server_cpu_each: list[float | None] = field(default_factory=list)  # CPU s per server
+    redis_cpu: float | None = None
+    redis_commands: dict[str, int] = field(default_factory=dict)  # calls in the period
+    load_cpu: float = 0.0  # CPU seconds this load generator used in the period
+    load_lag_max: float = 0.0  # worst event-loop stall of the load generator in the period
+    server_queued: float | None = None  # servers' loop threads runnable but not running
+    load_queued: float | None = None  # the same for this load generator
+    load_average: tuple[float, float, float] = (0.0, 0.0, 0.0)  # at the end of the period
+    latencies: list[float] = field(default_factory=list)
+
+    @property
+    def rate_achieved(self) -> float:
+        return self.received / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def server_cpu(self) -> float | None:
+        """CPU seconds of all servers together in the period."""
+        return _total(self.server_cpu_each)
+
+    @property
+    def loss(self) -> float:
+        return self.lost / self.sent if self.sent else 0.0
 
 
 @dataclass
@@ -51,25 +121,8 @@ class LoadResult:
     connect_failures: int = 0
     pings_answered: int = 0
     pairs: int = 0
-    rate_target: float = 0.0
-    sent: int = 0
-    received: int = 0
-    lost: int = 0
-    ack_ok: int = 0
-    ack_rate_limited: int = 0
-    ack_other: int = 0
-    elapsed: float = 0.0
-    server_cpu: float | None = None  # CPU seconds the server process used in the period
-    load_cpu: float = 0.0  # CPU seconds this load generator used in the period
-    load_lag_max: float = 0.0  # worst event-loop stall of the load generator in the period
-    server_queued: float | None = None  # server's loop thread runnable but not running
-    load_queued: float | None = None  # the same for this load generator
-    load_average: tuple[float, float, float] = (0.0, 0.0, 0.0)  # at the end of the period
-    latencies: list[float] = field(default_factory=list)
-
-    @property
-    def rate_achieved(self) -> float:
-        return self.received / self.elapsed if self.elapsed > 0 else 0.0
+    cross_pairs: int = 0  # pairs whose student and proctor are on different servers
+    steps: list[RelayStep] = field(default_factory=list)
 
 
 def relay_pairs(clients: int, rate: float) -> int:
@@ -79,25 +132,29 @@ def relay_pairs(clients: int, rate: float) -> int:
 
 
 class LoadRun:
+    """`clients` connections over `urls`, then a relay period per rate in `rates`."""
+
     def __init__(
         self,
-        url: str,
+        urls: list[str],
         clients: int,
-        rate: float,
+        rates: list[float],
         seconds: float,
-        server_cpu: Callable[[], float | None] = lambda: None,
-        server_queued: Callable[[], float | None] = lambda: None,
+        probes: Probes | None = None,
+        keep_going: Callable[[RelayStep], bool] = lambda _: True,
     ) -> None:
-        self.url = url
-        self.server_cpu = server_cpu
-        self.server_queued = server_queued
+        self.urls = urls
+        self.rates = rates
+        self.probes = probes or Probes()
+        self.keep_going = keep_going
         self.seconds = seconds
-        self.result = LoadResult(clients_wanted=clients, rate_target=rate)
-        self.result.pairs = relay_pairs(clients, rate)
+        self.result = LoadResult(clients_wanted=clients)
+        self.result.pairs = relay_pairs(clients, max(rates))
         self.idle_count = max(0, clients - 2 * self.result.pairs)
         self.connections: list[SioConnection] = []
         self.pairs: list[Pair] = []
         self._by_peer: dict[str, Pair] = {}
+        self._step = RelayStep(0.0)
         self._last_received = 0.0
         self._sending = True
         self._drained = asyncio.Event()
@@ -122,18 +179,23 @@ class LoadRun:
     async def _connect_all(self, session: aiohttp.ClientSession, codes: list[str]) -> None:
         gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
         pair_codes, idle_codes = codes[: self.result.pairs], codes[self.result.pairs :]
-        self.pairs = [Pair(code) for code in pair_codes]
+        n = len(self.urls)
+        self.pairs = [
+            Pair(code, self.urls[i % n], self.urls[(i + 1) % n])
+            for i, code in enumerate(pair_codes)
+        ]
+        self.result.cross_pairs = sum(p.cross for p in self.pairs)
 
-        async def idle(code: str) -> None:
+        async def idle(url: str, code: str) -> None:
             async with gate:
-                conn = await self._open(session)
+                conn = await self._open(session, url)
                 if conn is not None:
                     await self._expect_ok(conn, "student:join", {"code": code})
 
         async def pair(p: Pair) -> None:
             async with gate:
-                p.proctor = await self._open(session, self._on_proctor_event)
-                p.student = await self._open(session, self._student_handler(p))
+                p.proctor = await self._open(session, p.proctor_url, self._on_proctor_event)
+                p.student = await self._open(session, p.student_url, self._student_handler(p))
                 if p.proctor is None or p.student is None:
                     return
                 await self._expect_ok(p.proctor, "proctor:watch", {"codes": [p.code]})
@@ -141,7 +203,10 @@ class LoadRun:
                 await self._expect_ok(p.student, "student:live", {"live": True})
 
         started = time.perf_counter()
-        await asyncio.gather(*(pair(p) for p in self.pairs), *(idle(c) for c in idle_codes))
+        await asyncio.gather(
+            *(pair(p) for p in self.pairs),
+            *(idle(self.urls[i % n], c) for i, c in enumerate(idle_codes)),
+        )
         await asyncio.gather(
             *(asyncio.wait_for(p.got_peer.wait(), 10) for p in self.pairs if p.student is not None),
             return_exceptions=True,
@@ -156,10 +221,10 @@ class LoadRun:
         )
 
     async def _open(
-        self, session: aiohttp.ClientSession, handler: Any = None
+        self, session: aiohttp.ClientSession, url: str, handler: Any = None
     ) -> SioConnection | None:
         try:
-            conn = await connect(session, self.url, handler)
+            conn = await connect(session, url, handler)
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
             self.result.connect_failures += 1
             log.debug("connect failed: %s", exc)
@@ -180,7 +245,8 @@ class LoadRun:
 
     def _student_handler(self, pair: Pair) -> Any:
         def handler(event: str, data: Any, _at: float) -> None:
-            if event == "peer:request" and isinstance(data, dict):
+            # An audio-only request is the server's hidden voice peer, not the proctor.
+            if event == "peer:request" and isinstance(data, dict) and not data.get("audioOnly"):
                 pair.peer = data.get("peer")
                 self._by_peer[str(pair.peer)] = pair
                 pair.got_peer.set()
@@ -195,14 +261,18 @@ class LoadRun:
         if pair is None or "candidate" not in candidate:
             return
         seq = int(candidate["candidate"].split(":", 1)[1].split(" ", 1)[0])
-        while pair.in_flight and pair.in_flight[0][0] < seq:
-            pair.in_flight.popleft()
-            self.result.lost += 1
-        if pair.in_flight and pair.in_flight[0][0] == seq:
-            _, sent_at = pair.in_flight.popleft()
-            self.result.latencies.append(at - sent_at)
-            self.result.received += 1
-            self._last_received = at
+        step = self._step
+        sent_at = pair.in_flight.pop(seq, None)
+        if sent_at is None:
+            step.late += 1
+            return
+        step.latencies.append(at - sent_at)
+        step.received += 1
+        step.received_cross += pair.cross
+        if seq < pair.last_seq:
+            step.out_of_order += 1
+        pair.last_seq = max(pair.last_seq, seq)
+        self._last_received = at
         self._check_drained()
 
     def _check_drained(self) -> None:
@@ -212,12 +282,13 @@ class LoadRun:
     # Measuring
 
     def _on_ack(self, ack: Any) -> None:
+        step = self._step
         if isinstance(ack, dict) and ack.get("ok"):
-            self.result.ack_ok += 1
+            step.ack_ok += 1
         elif isinstance(ack, dict) and (ack.get("error") or {}).get("code") == "rate_limited":
-            self.result.ack_rate_limited += 1
+            step.ack_rate_limited += 1
         else:
-            self.result.ack_other += 1
+            step.ack_other += 1
 
     async def _watch_lag(self) -> None:
         """Our own loop's stalls: a latency figure means little if the generator stalled."""
@@ -225,30 +296,41 @@ class LoadRun:
             before = time.perf_counter()
             await asyncio.sleep(0.005)
             lag = time.perf_counter() - before - 0.005
-            self.result.load_lag_max = max(self.result.load_lag_max, lag)
+            self._step.load_lag_max = max(self._step.load_lag_max, lag)
 
     async def _measure(self) -> None:
         # Connections live until the end: keep the collector from walking them again and again.
         gc.collect()
         gc.freeze()
         lag = asyncio.ensure_future(self._watch_lag())
+        pings_before = sum(c.pings for c in self.connections)
         try:
-            await self._relay()
+            for rate in self.rates:
+                step = await self._relay(rate)
+                self.result.steps.append(step)
+                if not self.keep_going(step):
+                    break
         finally:
+            self.result.clients_held = sum(not c.closed for c in self.connections)
+            self.result.pings_answered = sum(c.pings for c in self.connections) - pings_before
             lag.cancel()
             gc.unfreeze()
 
-    async def _relay(self) -> None:
+    async def _relay(self, rate: float) -> RelayStep:
+        step = self._step = RelayStep(rate)
+        self._sending = True
+        self._drained.clear()
         ready = [p for p in self.pairs if p.peer and p.student is not None]
-        pings_before = sum(c.pings for c in self.connections)
-        cpu_before, load_before = self.server_cpu(), time.process_time()
-        queued_before = (self.server_queued(), run_queue_seconds())
-        total = int(self.result.rate_target * self.seconds) if ready else 0
+        cpu_before, redis_before = self.probes.server_cpu(), self.probes.redis_cpu()
+        commands_before = self.probes.redis_commands()
+        load_before = time.process_time()
+        queued_before = (_total(self.probes.server_queued()), run_queue_seconds())
+        total = int(rate * self.seconds) if ready else 0
         start = time.perf_counter()
         self._last_received = start
         sent = 0
         while sent < total:
-            due = min(total, int((time.perf_counter() - start) * self.result.rate_target) + 1)
+            due = min(total, int((time.perf_counter() - start) * rate) + 1)
             while sent < due:
                 pair = ready[sent % len(ready)]
                 await self._send(pair)
@@ -262,21 +344,32 @@ class LoadRun:
             await asyncio.wait_for(self._drained.wait(), 5)
         except TimeoutError:
             log.warning("some relayed messages never arrived")
-        self.result.sent = sent
-        self.result.lost += sum(len(p.in_flight) for p in ready)
-        self.result.elapsed = max(self._last_received, start + self.seconds) - start
-        cpu_after = self.server_cpu()
-        if cpu_before is not None and cpu_after is not None:
-            self.result.server_cpu = cpu_after - cpu_before
-        self.result.load_cpu = time.process_time() - load_before
-        self.result.load_average = os.getloadavg()
-        queued_after = (self.server_queued(), run_queue_seconds())
-        if queued_before[0] is not None and queued_after[0] is not None:
-            self.result.server_queued = queued_after[0] - queued_before[0]
-        if queued_before[1] is not None and queued_after[1] is not None:
-            self.result.load_queued = queued_after[1] - queued_before[1]
-        self.result.clients_held = sum(not c.closed for c in self.connections)
-        self.result.pings_answered = sum(c.pings for c in self.connections) - pings_before
+        step.sent = sent
+        for pair in ready:
+            step.lost += len(pair.in_flight)
+            pair.in_flight.clear()
+        step.elapsed = max(self._last_received, start + self.seconds) - start
+        cpu_after = self.probes.server_cpu()
+        step.server_cpu_each = [_delta(b, a) for b, a in zip(cpu_before, cpu_after, strict=True)]
+        step.redis_cpu = _delta(redis_before, self.probes.redis_cpu())
+        commands = self.probes.redis_commands()
+        step.redis_commands = {
+            name: calls - commands_before.get(name, 0)
+            for name, calls in commands.items()
+            if calls > commands_before.get(name, 0)
+        }
+        step.load_cpu = time.process_time() - load_before
+        step.load_average = os.getloadavg()
+        step.server_queued = _delta(queued_before[0], _total(self.probes.server_queued()))
+        step.load_queued = _delta(queued_before[1], run_queue_seconds())
+        log.info(
+            "relay at %g msg/s: %d sent, %d received, %d lost",
+            rate,
+            step.sent,
+            step.received,
+            step.lost,
+        )
+        return step
 
     async def _send(self, pair: Pair) -> None:
         assert pair.student is not None
@@ -287,10 +380,10 @@ class LoadRun:
             "sdpMid": "0",
             "sdpMLineIndex": 0,
         }
-        pair.in_flight.append((seq, time.perf_counter()))
+        pair.in_flight[seq] = time.perf_counter()
         try:
             await pair.student.emit(
                 "signal", {"peer": pair.peer, "candidate": candidate}, self._on_ack
             )
         except (aiohttp.ClientError, ConnectionError, RuntimeError):
-            pair.in_flight.pop()
+            pair.in_flight.pop(seq, None)

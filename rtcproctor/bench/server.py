@@ -42,14 +42,34 @@ class BenchServer:
     url: str
     process: subprocess.Popen[bytes] | None = None
     data_dir: Path | None = None
+    log_name: str = "server.log"
+    keep_data_dir: bool = False  # shared with other servers: whoever made it removes it
     _key: str | None = field(default=None, repr=False)
     _exam: str | None = field(default=None, repr=False)
 
     @classmethod
-    def start(cls, timeout: float = 30.0) -> BenchServer:
-        data_dir = Path(tempfile.mkdtemp(prefix="rtcproctor-bench-"))
+    def given(cls, url: str, key: str | None = None) -> BenchServer:
+        """A running server; with the exam's proctor key, codes are added to that exam."""
+        return cls(url.rstrip("/"), _key=key)
+
+    @property
+    def key(self) -> str | None:
+        """The proctor key of the exam holding this benchmark's codes."""
+        return self._key
+
+    @classmethod
+    def start(
+        cls,
+        timeout: float = 30.0,
+        env: dict[str, str] | None = None,
+        data_dir: Path | None = None,
+    ) -> BenchServer:
+        """With `data_dir`, the server shares that dir (and its SQLite file) with others."""
+        shared = data_dir is not None
+        data_dir = data_dir or Path(tempfile.mkdtemp(prefix="rtcproctor-bench-"))
         port = free_port()
-        log = open(data_dir / "server.log", "wb")  # noqa: SIM115 - the child keeps writing to it
+        log_name = f"server-{port}.log" if shared else "server.log"
+        log = open(data_dir / log_name, "wb")  # noqa: SIM115 - the child keeps writing to it
         process = subprocess.Popen(
             [
                 sys.executable,
@@ -66,11 +86,11 @@ class BenchServer:
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "RTCPROCTOR_LOG_LEVEL": "WARNING"},
+            env={**os.environ, "RTCPROCTOR_LOG_LEVEL": "WARNING", **(env or {})},
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
         log.close()
-        server = cls(f"http://127.0.0.1:{port}", process, data_dir)
+        server = cls(f"http://127.0.0.1:{port}", process, data_dir, log_name, shared)
         try:
             server.wait_healthy(timeout)
         except BaseException:
@@ -92,7 +112,7 @@ class BenchServer:
         raise RuntimeError(f"the server did not answer /healthz within {timeout:g} s")
 
     def log(self) -> str:
-        path = self.data_dir / "server.log" if self.data_dir else None
+        path = self.data_dir / self.log_name if self.data_dir else None
         return path.read_text(errors="replace")[-4000:] if path and path.exists() else ""
 
     def codes(self, count: int) -> list[str]:
@@ -119,18 +139,23 @@ class BenchServer:
                 str(self.data_dir),
                 "--base-url",
                 self.url,
+                *(["--key", self._key] if self._key else []),
             ],
             check=True,
             capture_output=True,
             text=True,
             timeout=120,
         )
-        return [s["code"] for s in json.loads(out.stdout)["students"]]
+        answer = json.loads(out.stdout)
+        self._key = self._key or answer.get("proctor_key")
+        return [s["code"] for s in answer["students"]]
 
     def _api_codes(self, count: int) -> list[str]:
         body: dict[str, object] = {"names": [f"Bench {i}" for i in range(count)]}
         if self._key:
-            body |= {"exam": self._exam, "key": self._key}
+            body["key"] = self._key
+        if self._exam:
+            body["exam"] = self._exam
         request = urllib.request.Request(
             self.url + "/api/exams",
             data=json.dumps(body).encode(),
@@ -164,7 +189,7 @@ class BenchServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        if self.data_dir is not None:
+        if self.data_dir is not None and not self.keep_data_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
 

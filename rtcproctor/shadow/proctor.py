@@ -12,11 +12,14 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rtcproctor.shadow.peer import ShadowPeer
 from rtcproctor.voice.alerts import Alert
 from rtcproctor.voice.analyzer import Analyzer
+
+if TYPE_CHECKING:
+    from rtcproctor.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +49,10 @@ class ShadowProctor:
         on_alert: Callable[[ShadowAlert], Awaitable[None]],
         on_peer_failed: Callable[[str], Awaitable[None]],
         analyzer_factory: Callable[[], Analyzer] = Analyzer,
+        metrics: Metrics | None = None,
     ) -> None:
         self._on_alert = on_alert
+        self.metrics = metrics
         self._on_peer_failed = on_peer_failed
         self._factory = analyzer_factory
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="voice")
@@ -56,11 +61,23 @@ class ShadowProctor:
         self._streams: dict[str, _Stream] = {}
         self._by_key: dict[str, _Stream] = {}
         self._loop_task: asyncio.Task[None] | None = None
+        self._frames_of_closed = 0
         self.error: str | None = None
 
     @property
     def ready(self) -> bool:
         return self.analyzer is not None
+
+    @property
+    def state(self) -> str:
+        if self.ready:
+            return "ready"
+        return "unavailable" if self.error else "loading"
+
+    @property
+    def audio_frames(self) -> int:
+        """Frames ever received, closed peers included, so it only grows (a counter)."""
+        return self._frames_of_closed + sum(p.frames for p in self.peers.values())
 
     async def start(self) -> None:
         """Load the models off the event loop, then run the analysis loop."""
@@ -89,6 +106,8 @@ class ShadowProctor:
             began = time.monotonic()
             try:
                 alerts = await loop.run_in_executor(self._executor, self.analyzer.step)
+                if self.metrics is not None:
+                    self.metrics.step(self.analyzer.last.seconds, self.analyzer.last.windows)
             except Exception:
                 log.exception("voice analysis step failed")
                 alerts = []
@@ -140,6 +159,7 @@ class ShadowProctor:
             # Alerts of the last window may still arrive: keep the key until they have.
             asyncio.get_running_loop().call_later(30, self._by_key.pop, stream.key, None)
         if peer is not None:
+            self._frames_of_closed += peer.frames
             await peer.close()
 
     def re_enroll(self, student_id: int) -> bool:

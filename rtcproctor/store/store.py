@@ -13,9 +13,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from rtcproctor.codes import digest, generate_code, generate_key, normalize_code
+from rtcproctor.store import migrate
 from rtcproctor.store.models import (
     AttentionRequest,
-    Base,
     ChatMessage,
     Exam,
     StreamEvent,
@@ -32,7 +32,23 @@ from rtcproctor.store.records import (
 )
 
 HISTORY_LIMIT = 500
+SQLITE_BUSY_TIMEOUT = 30.0
 ALERT_STATUSES = ("open", "reviewed", "dismissed")
+# Ids are INTEGER columns: PostgreSQL refuses a larger number outright, SQLite finds nothing.
+MAX_ID = 2**31 - 1
+NAME_LENGTH = 200
+
+
+def _known_id(value: int) -> bool:
+    """Ids come from clients: out of the column's range means "no such row" on every engine."""
+    return 1 <= value <= MAX_ID
+
+
+def _clean(text: str, length: int | None = None) -> str:
+    """Text every engine stores alike: no NUL (PostgreSQL refuses it), no lone surrogates
+    (no engine can encode them), and names cut where PostgreSQL's VARCHAR would refuse them."""
+    text = text.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
+    return text if length is None else text[:length]
 
 
 class CodeInUse(ValueError):
@@ -53,17 +69,24 @@ class Store:
         self._session = async_sessionmaker(engine, expire_on_commit=False)
 
     @classmethod
-    async def open(cls, url: str) -> Store:
+    async def open(cls, url: str, upgrade: bool = True) -> Store:
+        """Connect and bring the schema to the code's revision (migrations, never create_all)."""
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, pool_pre_ping=True)
-        if parsed.get_backend_name() == "sqlite":
+        sqlite = parsed.get_backend_name() == "sqlite"
+        # A thousand pages leaving at once queue their writes; wait rather than fail.
+        connect_args = {"timeout": SQLITE_BUSY_TIMEOUT} if sqlite else {}
+        engine = create_async_engine(url, pool_pre_ping=True, connect_args=connect_args)
+        if sqlite:
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-        store = cls(engine)
-        async with engine.begin() as conn:
-            await conn.run_sync(Base.metadata.create_all)
-        return store
+        if upgrade:
+            try:
+                await migrate.upgrade_engine(engine)
+            except BaseException:
+                await engine.dispose()
+                raise
+        return cls(engine)
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -75,7 +98,7 @@ class Store:
         key = generate_key()
         exam = Exam(
             id=secrets.token_hex(6),
-            name=name or time.strftime("Exam %Y-%m-%d %H:%M"),
+            name=_clean(name, NAME_LENGTH) or time.strftime("Exam %Y-%m-%d %H:%M"),
             key_digest=digest(key),
             created_at=time.time(),
         )
@@ -89,6 +112,8 @@ class Store:
         return None if exam is None else ExamRecord(exam.id, exam.name, exam.created_at)
 
     async def student(self, student_id: int) -> StudentRecord | None:
+        if not _known_id(student_id):
+            return None
         async with self._session() as session:
             row = await session.get(Student, student_id)
         return None if row is None else StudentRecord(row.id, row.exam_id, row.name)
@@ -104,7 +129,7 @@ class Store:
                 code = generate_code()
                 row = Student(
                     exam_id=exam_id,
-                    name=name,
+                    name=_clean(name, NAME_LENGTH),
                     code_digest=digest(normalize_code(code)),
                     created_at=now,
                 )
@@ -116,6 +141,7 @@ class Store:
         self, exam_id: str, name: str, normalized_code: str
     ) -> StudentRecord:
         """Register a code made elsewhere. Raises CodeInUse if any exam already has it."""
+        name = _clean(name, NAME_LENGTH)
         row = Student(
             exam_id=exam_id,
             name=name,
@@ -162,7 +188,12 @@ class Store:
     async def record_event(self, student_id: int, kind: str, detail: str | None = None) -> None:
         async with self._session() as session, session.begin():
             session.add(
-                StreamEvent(student_id=student_id, kind=kind, at=time.time(), detail=detail)
+                StreamEvent(
+                    student_id=student_id,
+                    kind=kind,
+                    at=time.time(),
+                    detail=None if detail is None else _clean(detail, NAME_LENGTH),
+                )
             )
 
     async def events(self, student_id: int) -> list[EventRecord]:
@@ -177,7 +208,7 @@ class Store:
     # Chat
 
     async def add_message(self, student_id: int, sender: str, text: str) -> MessageRecord:
-        row = ChatMessage(student_id=student_id, sender=sender, text=text, at=time.time())
+        row = ChatMessage(student_id=student_id, sender=sender, text=_clean(text), at=time.time())
         async with self._session() as session, session.begin():
             session.add(row)
         return MessageRecord(row.id, row.student_id, row.sender, row.text, row.at)
@@ -203,6 +234,8 @@ class Store:
         return AttentionRecord(row.id, row.student_id, row.sender, row.at, None)
 
     async def resolve_attention(self, student_id: int, attention_id: int) -> bool:
+        if not _known_id(attention_id):
+            return False
         async with self._session() as session, session.begin():
             result = await session.execute(
                 update(AttentionRequest)
@@ -273,6 +306,8 @@ class Store:
         self, alert_id: int, ended_at: float, confidence: float, evidence: str | None
     ) -> AlertRecord | None:
         """A repeat within the cooldown: the open alert grows instead of a new one."""
+        if not _known_id(alert_id):
+            return None
         async with self._session() as session, session.begin():
             row = await session.get(VoiceAlert, alert_id)
             if row is None:
@@ -289,6 +324,8 @@ class Store:
     ) -> AlertRecord | None:
         if status not in ALERT_STATUSES:
             raise ValueError(f"status must be one of {ALERT_STATUSES}")
+        if not _known_id(alert_id):
+            return None
         async with self._session() as session, session.begin():
             row = await session.get(VoiceAlert, alert_id)
             if row is None or row.student_id != student_id:
@@ -298,6 +335,8 @@ class Store:
             return self._alert(row)
 
     async def alert(self, alert_id: int) -> AlertRecord | None:
+        if not _known_id(alert_id):
+            return None
         async with self._session() as session:
             row = await session.get(VoiceAlert, alert_id)
             return None if row is None else self._alert(row)

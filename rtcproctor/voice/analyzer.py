@@ -38,6 +38,8 @@ class StepStats:
 class _Stream:
     detector: Detector
     lock: threading.Lock = field(default_factory=threading.Lock)
+    taken: float = 0.0  # seconds: end of the last window handed to a step
+    analysed: float = 0.0  # seconds: end of the last window concluded
 
 
 class Analyzer:
@@ -86,6 +88,18 @@ class Analyzer:
         with self._lock:
             return list(self._streams)
 
+    def backlog(self) -> dict[str, tuple[float, float]]:
+        """Per stream: (seconds received but not yet taken by a step, seconds received
+        after the end of the analysed audio). Read without the stream locks so a scrape
+        never waits for a step."""
+        with self._lock:
+            entries = list(self._streams.items())
+        out: dict[str, tuple[float, float]] = {}
+        for name, entry in entries:
+            now = entry.detector.now
+            out[name] = (max(0.0, now - entry.taken), max(0.0, now - entry.analysed))
+        return out
+
     def _entry(self, stream: str) -> _Stream:
         with self._lock:
             entry = self._streams.get(stream)
@@ -112,6 +126,7 @@ class Analyzer:
                         wins = det.ready_windows(self.max_windows_per_stream)
                     alerts += det.poll_silence() if name not in closing else []
                 if wins:
+                    entry.taken = wins[-1].end
                     batches.append((entry, wins))
             stats = StepStats(windows=sum(len(w) for _, w in batches))
             activities = self._segment([w for _, wins in batches for w in wins])
@@ -134,6 +149,7 @@ class Analyzer:
                 for entry, win, reqs in todo:
                     with entry.lock:
                         alerts += entry.detector.conclude(win, vectors[i : i + len(reqs)])
+                        entry.analysed = max(entry.analysed, win.end)
                     i += len(reqs)
             if closing:
                 with self._lock:

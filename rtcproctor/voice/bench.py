@@ -244,7 +244,8 @@ def score(condition: str, trials: list[Trial], run: RunResult, config: DetectorC
     detected, delays, audio_delays, false_alerts = 0, [], [], 0
     notes: list[str] = []
     types: dict[str, int] = defaultdict(int)
-    horizon = config.window + 2 * config.hop  # a voice may be seen until it leaves a window
+    # A voice may be seen until it leaves the last window; fixed, so recall compares across hops.
+    horizon = config.window + 4.0
     for t in trials:
         events = sorted(by_stream.get(t.name, []), key=lambda e: e.emitted)
         false_ids = {e.alert_id for e in events if e.emitted <= t.single_until}

@@ -14,12 +14,14 @@ from aiohttp import web
 
 from rtcproctor import __version__
 from rtcproctor.config import Settings
+from rtcproctor.metrics import CONTENT_TYPE, Metrics
 from rtcproctor.signaling import SignalingServer
 from rtcproctor.signaling import validation as v
 from rtcproctor.signaling.ice import IceServers
-from rtcproctor.signaling.ratelimit import KeyedLimiter
+from rtcproctor.signaling.presence import Limiter, MemoryPresence, Presence
 from rtcproctor.signaling.validation import Rejected
 from rtcproctor.store import Store
+from rtcproctor.web import metrics as scrape
 from rtcproctor.web.runtime import tune_gc
 
 log = logging.getLogger(__name__)
@@ -29,8 +31,9 @@ STORE = web.AppKey("store", Store)
 SIGNALING = web.AppKey("signaling", SignalingServer)
 SHADOW = web.AppKey("shadow", object)
 SIO = web.AppKey("sio", socketio.AsyncServer)
-API_LIMIT = web.AppKey("api_limit", KeyedLimiter)
+API_LIMIT = web.AppKey("api_limit", Limiter)
 STARTED = web.AppKey("started", float)
+METRICS = web.AppKey("metrics", Metrics)
 
 MAX_SOCKET_PACKET = 256 * 1024
 MAX_HTTP_BODY = 256 * 1024
@@ -85,26 +88,32 @@ async def healthz(request: web.Request) -> web.Response:
     except Exception:
         log.exception("health check: database unreachable")
         database = "unreachable"
-    presence = request.app[SIGNALING].presence
+    gauges = request.app[SIGNALING].gauges()
     shadow = request.app[SIGNALING].shadow
-    if shadow is None:
-        voice = "off"
-    elif shadow.ready:
-        voice = "ready"
-    else:
-        voice = "unavailable" if shadow.error else "loading"
+    voice = "off" if shadow is None else shadow.state
     body = {
         "status": "ok" if database == "ok" else "degraded",
         "version": __version__,
         "database": database,
         "uptime": round(time.time() - request.app[STARTED], 1),
-        "connections": len(presence.clients),
-        "live": sum(1 for s in presence.students.values() if s.live),
+        "connections": gauges["connections"],
+        "live": gauges["students_live"],
         "voice": voice,
         "shadow_peers": len(shadow.peers) if shadow is not None else 0,
         "shadow_audio_frames": sum(p.frames for p in shadow.peers.values()) if shadow else 0,
     }
     return web.json_response(body, status=200 if database == "ok" else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text exposition of this process, for loopback/private scrapers or a token."""
+    refused = scrape.refusal(request, request.app[SETTINGS].metrics_token)
+    if refused is not None:
+        return refused
+    return web.Response(
+        body=request.app[METRICS].exposition(),
+        headers={"Content-Type": CONTENT_TYPE, "Cache-Control": "no-store"},
+    )
 
 
 async def api_config(request: web.Request) -> web.Response:
@@ -134,7 +143,7 @@ async def api_exams(request: web.Request) -> web.Response:
     app = request.app
     settings = app[SETTINGS]
     address = request.remote or "unknown"
-    wait = app[API_LIMIT].spend(address)
+    wait = await app[API_LIMIT].spend(address)
     if wait:
         return _error(429, Rejected("rate_limited", "too many requests", retry_after=round(wait)))
     if request.content_type != "application/json":
@@ -202,11 +211,11 @@ async def _exam_for(request: web.Request):  # type: ignore[no-untyped-def]
     key = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
     limiter = request.app[API_LIMIT]
     address = request.remote or "unknown"
-    if limiter.blocked_for(address):
+    if await limiter.wait(address):
         raise web.HTTPTooManyRequests(text="too many requests")
     exam = await request.app[STORE].exam_by_key(key) if key and len(key) <= 128 else None
     if exam is None:
-        limiter.spend(address, 5)
+        await limiter.spend(address, 5)
         raise web.HTTPUnauthorized(
             text="send the exam's proctor key as Authorization: Bearer <key>"
         )
@@ -253,11 +262,32 @@ async def exam_report(request: web.Request) -> web.Response:
     return web.json_response(report, headers=headers)
 
 
+def _manager(settings: Settings) -> socketio.AsyncManager:
+    """Several processes share one Redis channel; one process needs nothing else."""
+    if settings.redis_url:
+        return socketio.AsyncRedisManager(
+            settings.redis_url,
+            channel=f"{settings.redis_prefix}socketio",
+            # Every emit publishes on a pooled connection; bursts need room.
+            redis_options={"max_connections": 1024},
+        )
+    return socketio.AsyncManager()
+
+
+def _presence(settings: Settings) -> Presence:
+    if settings.redis_url:
+        from rtcproctor.signaling.redis_presence import RedisPresence
+
+        return RedisPresence(settings.redis_url, prefix=settings.redis_prefix)
+    return MemoryPresence()
+
+
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[security_headers], client_max_size=MAX_HTTP_BODY)
     app[SETTINGS] = settings
-    app[API_LIMIT] = KeyedLimiter(rate=1.0, burst=20)
+    app[METRICS] = Metrics()
     sio = socketio.AsyncServer(
+        client_manager=_manager(settings),
         async_mode="aiohttp",
         max_http_buffer_size=MAX_SOCKET_PACKET,
         ping_interval=10,
@@ -271,19 +301,27 @@ def create_app(settings: Settings) -> web.Application:
     async def startup(app: web.Application) -> None:
         app[STARTED] = time.time()
         app[STORE] = await Store.open(settings.resolved_database_url)
-        signaling = app[SIGNALING] = SignalingServer(sio, app[STORE], settings)
+        signaling = app[SIGNALING] = SignalingServer(
+            sio, app[STORE], settings, presence=_presence(settings)
+        )
+        await signaling.start()
+        app[API_LIMIT] = signaling.presence.limiter("api", rate=1.0, burst=20)
+        signaling.metrics = app[METRICS]
+        app[METRICS].read_from(lambda: scrape.snapshot(signaling))
         if settings.voice:
             from rtcproctor.shadow import ShadowProctor
 
             signaling.shadow = ShadowProctor(
                 on_alert=signaling.on_shadow_alert,
                 on_peer_failed=signaling.shadow_peer_failed,
+                metrics=app[METRICS],
             )
             app[SHADOW] = asyncio.create_task(_start_shadow(signaling))
         log.info("store: %s", app[STORE].engine.url.render_as_string(hide_password=True))
         tune_gc()
 
     async def cleanup(app: web.Application) -> None:
+        await app[SIGNALING].stop()
         if app[SIGNALING].shadow is not None:
             await app[SIGNALING].shadow.stop()
         await app[STORE].close()
@@ -296,6 +334,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/student", _page("student.html"))
     app.router.add_get("/monitor", _page("monitor.html"))
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/config", api_config)
     app.router.add_get("/ice-servers", ice_servers)
     app.router.add_post("/api/exams", api_exams)

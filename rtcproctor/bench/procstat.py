@@ -1,0 +1,76 @@
+"""CPU and memory of a server process, found by its pid or by the port it listens on.
+
+CPU is user+system time of every thread of the process (and of children it waited
+for), with the main (event-loop) thread's share apart: what is left went to voice
+inference (its worker and torch's threads) and aiortc's codec threads. Python does not
+name its threads for the OS, so they cannot be told apart further from outside.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import psutil
+
+log = logging.getLogger(__name__)
+
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0", ""}
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    total: float  # seconds, all threads
+    loop: float  # the main (event-loop) thread
+    waited: float  # seconds threads were runnable but waiting for a core (all threads)
+    rss: int  # bytes
+
+    def minus(self, earlier: CpuSample) -> CpuSample:
+        return CpuSample(
+            self.total - earlier.total,
+            self.loop - earlier.loop,
+            self.waited - earlier.waited,
+            self.rss,
+        )
+
+
+def pid_listening_on(url: str) -> int | None:
+    """The local process listening on the URL's port, if it is on this machine."""
+    parts = urlsplit(url)
+    if parts.hostname not in LOCAL_HOSTS and parts.hostname is not None:
+        return None
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
+                return conn.pid
+    except psutil.AccessDenied:
+        log.warning("not allowed to list sockets: cannot find the server process of %s", url)
+    return None
+
+
+def sample(pid: int) -> CpuSample | None:
+    try:
+        process = psutil.Process(pid)
+        with process.oneshot():
+            times = process.cpu_times()
+            rss = process.memory_info().rss
+            threads = process.threads()
+    except psutil.Error:
+        return None
+    loop = sum(t.user_time + t.system_time for t in threads if t.id == pid)
+    total = times.user + times.system + times.children_user + times.children_system
+    return CpuSample(total, loop, _waited(pid, [t.id for t in threads]), rss)
+
+
+def _waited(pid: int, threads: list[int]) -> float:
+    """Run-queue delay summed over the threads (/proc/PID/task/TID/schedstat, Linux)."""
+    total = 0
+    for tid in threads:
+        try:
+            total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / 1e9

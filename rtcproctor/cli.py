@@ -14,6 +14,8 @@ from typing import Any
 
 from rtcproctor.config import Settings
 
+SHUTDOWN_TIMEOUT = 3.0
+
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -94,6 +96,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             port=settings.port,
             print=None,
             access_log=None,
+            # Pages reconnect by themselves: don't hold a restart for open WebSockets.
+            shutdown_timeout=SHUTDOWN_TIMEOUT,
         )
     except PresenceUnavailable as exc:
         log.error("%s", exc)

@@ -326,7 +326,12 @@ def create_app(settings: Settings) -> web.Application:
             await app[SIGNALING].shadow.stop()
         await app[STORE].close()
 
+    async def shutdown(app: web.Application) -> None:
+        # Close the WebSockets first, so that stopping never waits for pages to leave.
+        await sio.shutdown()
+
     app.on_startup.append(startup)
+    app.on_shutdown.append(shutdown)
     app.on_cleanup.append(cleanup)
 
     static = settings.resolved_static_dir

@@ -144,6 +144,7 @@ async def test_a_dead_process_hands_its_students_to_the_survivor(cluster, client
 
 
 @pytest.mark.browser
+@pytest.mark.asyncio(loop_scope="session")
 @pytest.mark.timeout(600)
 @pytest.mark.skipif(
     not shutil.which("espeak-ng") or not shutil.which("sox"), reason="needs espeak-ng and sox"

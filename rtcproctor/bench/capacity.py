@@ -46,6 +46,7 @@ log = logging.getLogger("rtcproctor.bench")
 VOICE_ALERTS = ("multiple_voices", "unknown_voice")
 LAG = "rtcproctor_voice_lag_seconds"
 LAG_EVERY = 5.0  # seconds between two readings of the voice lag
+ANSWER_EVERY = 1.0  # seconds between two timed GET /healthz
 LOOP_SECONDS = 20.0  # each microphone loops this much of its speaker
 EPISODE_GAP = 14.0  # silence of the helper between two episodes on one student
 MISS_AFTER = 30.0  # default: an alert later than this after the helper's onset is missed
@@ -105,6 +106,7 @@ class Target:
     frames: int | None = None  # shadow audio frames analysed during the window
     shadow_peers: int | None = None  # at the end of the window
     lag: list[float] = field(default_factory=list)  # voice lag through the window (/metrics)
+    answers: list[float] = field(default_factory=list)  # seconds for GET /healthz, each second
     steps: dict[str, float] = field(default_factory=dict)  # analysis steps in the window
 
 
@@ -121,6 +123,7 @@ class Run:
     generator_waited: float = 0.0  # seconds per second its threads waited for a core
     packets_sent: int = 0
     renewals: int = 0  # shadow peers the server replaced during the window
+    connected: int = 0  # students whose shadow peer is connected at the end of the window
     slowest_stream: float = 0.0  # packets the slowest microphone sent / packets due
     slow_streams: int = 0  # microphones that sent less than FRAMES_MIN of theirs
     worst_loss: float | None = None
@@ -253,6 +256,17 @@ class Capacity:
     def _renewals(self) -> int:
         return sum(max(0, s.shadow_requests - 1) for s in self.sims)
 
+    async def _watch_answers(self) -> None:
+        """How fast the server answers while it works: its event loop also answers the
+        peers' STUN consent checks, and a peer whose checks go unanswered for 30 s dies."""
+        while True:
+            for target in self.targets:
+                began = time.perf_counter()
+                with contextlib.suppress(OSError):
+                    await asyncio.to_thread(health, target.server.url)
+                    target.answers.append(time.perf_counter() - began)
+            await asyncio.sleep(ANSWER_EVERY)
+
     async def _watch_lag(self) -> None:
         while True:
             for target in self.targets:
@@ -287,6 +301,7 @@ class Capacity:
         watchers = [
             asyncio.ensure_future(self._watch_stall()),
             asyncio.ensure_future(self._watch_lag()),
+            asyncio.ensure_future(self._watch_answers()),
         ]
         log.info("measuring for %g s", args.seconds)
         try:
@@ -306,6 +321,9 @@ class Capacity:
         self.run.slowest_stream = min(sent, default=0) / due
         self.run.slow_streams = sum(n < FRAMES_MIN * due for n in sent)
         self.run.renewals = self._renewals() - renewed_before
+        self.run.connected = sum(
+            s.shadow is not None and s.shadow.connectionState == "connected" for s in self.sims
+        )
         self.run.load_end = os.getloadavg()
         for target in self.targets:
             cpu0, frames0 = before[id(target)]
@@ -448,6 +466,7 @@ def figures(cap: Capacity) -> dict[str, Any]:
         "generator_waited_cores": round(run.generator_waited, 3),
         "packets_sent": run.packets_sent,
         "shadow_peers_renewed": run.renewals,
+        "connected_at_end": run.connected,
         "slowest_stream_sent": round(run.slowest_stream, 3),
         "slow_streams": run.slow_streams,
         "packets_due": round(run.live * run.window / PACKET_TIME),
@@ -471,6 +490,12 @@ def figures(cap: Capacity) -> dict[str, Any]:
                 / PACKET_TIME
             ),
             "voice_lag_s": [round(v, 2) for v in target.lag],
+            "healthz_ms": {
+                "median": round(1000 * statistics.median(target.answers), 1),
+                "max": round(1000 * max(target.answers), 1),
+            }
+            if target.answers
+            else None,
             "voice_steps": target.steps,
         }
         if target.cpu is not None:
@@ -494,6 +519,7 @@ def criteria(out: dict[str, Any]) -> dict[str, bool]:
     analysed = sum(s["frames_analysed"] or 0 for s in out["servers"])
     checks = {
         "all_live": out["live"] == out["students"]
+        and out["connected_at_end"] == out["students"]
         and all(s["shadow_peers"] == s["students"] for s in out["servers"]),
         "frames": due > 0 and analysed >= FRAMES_MIN * due,
     }
@@ -565,6 +591,12 @@ def print_report(out: dict[str, Any], own_server: bool) -> None:
             f"  audio      {got if got is not None else 'n/a'} frames analysed of {due} due by the "
             f"clock ({share}); {server['shadow_peers']} shadow peers at the end"
         )
+        if server["healthz_ms"]:
+            p(
+                f"  answers    GET /healthz took median {server['healthz_ms']['median']:.0f} ms, "
+                f"max {server['healthz_ms']['max']:.0f} ms (once a second: the event loop's "
+                "delay; peers die when STUN consent checks wait > 0.5 s for 30 s)"
+            )
         lag, steps = server["voice_lag_s"], server["voice_steps"]
         if lag:
             p(
@@ -590,7 +622,8 @@ def print_report(out: dict[str, Any], own_server: bool) -> None:
     p(
         "  delivery   worst stream loss (RTCP) "
         + (f"{100 * loss:.2f} %" if loss is not None else "n/a")
-        + f"; {out['shadow_peers_renewed']} shadow peers renewed by the server in the window"
+        + f"; {out['connected_at_end']} of {out['live']} students' shadow peers still connected "
+        f"at the end; {out['shadow_peers_renewed']} renewed by the server in the window"
     )
     if alerts["alerted"]:
         p(

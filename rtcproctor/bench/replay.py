@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import fractions
-import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,8 +20,6 @@ from av import Packet
 from rtcproctor.bench.speech import EncodedMic
 from rtcproctor.sim.media import MediaSource
 from rtcproctor.sim.student import SimStudent
-
-log = logging.getLogger(__name__)
 
 PACKET_TIME = 0.020
 RTP_CLOCK = 48_000  # Opus's RTP clock, whatever the encoded bandwidth

@@ -13,7 +13,6 @@ frame-aligned, so a replaying track can switch to it at any moment.
 
 from __future__ import annotations
 
-import logging
 import shutil
 import subprocess
 import tempfile
@@ -24,8 +23,6 @@ import av
 import numpy as np
 
 from rtcproctor.voice.audio import SAMPLE_RATE, block_rms, load_audio
-
-log = logging.getLogger(__name__)
 
 DEFAULT_EVAL_DIR = Path(__file__).resolve().parents[2] / ".." / "shared" / "eval"
 FRAME = SAMPLE_RATE // 50  # 20 ms, the packet time browsers use

@@ -119,7 +119,8 @@ async def test_two_voices_raise_an_alert_only_the_key_holder_sees(voice_server, 
     assert {"live", "chat_student"} & {r["kind"] for r in rows} == {"live"}
     status, _, body = get(voice_server.url + "/api/report?format=json", key)
     report = json.loads(body)
-    assert status == 200 and report["students"][0]["alerts"][0]["id"] == alert["id"]
+    assert status == 200
+    assert alert["id"] in [a["id"] for a in report["students"][0]["alerts"]]
     assert get(voice_server.url + "/api/report")[0] == 401
 
     # The hidden peer goes away with the student.

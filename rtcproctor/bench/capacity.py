@@ -36,7 +36,15 @@ from typing import Any
 import socketio
 
 from rtcproctor.bench.procstat import CpuSample, pid_listening_on, sample
-from rtcproctor.bench.replay import PACKET_TIME, Episode, Microphone, VoiceStudent, voice_media
+from rtcproctor.bench.replay import (
+    PACKET_TIME,
+    STUN_ANSWER_WAIT,
+    Episode,
+    Microphone,
+    VoiceStudent,
+    browser_like_consent,
+    voice_media,
+)
 from rtcproctor.bench.server import BenchServer
 from rtcproctor.bench.shadow import health, wait_voice
 from rtcproctor.bench.speech import DEFAULT_EVAL_DIR, EncodedMic, encode_mics, find_speech
@@ -106,7 +114,8 @@ class Target:
     frames: int | None = None  # shadow audio frames analysed during the window
     shadow_peers: int | None = None  # at the end of the window
     lag: list[float] = field(default_factory=list)  # voice lag through the window (/metrics)
-    answers: list[float] = field(default_factory=list)  # seconds for GET /healthz, each second
+    # (wall clock, seconds) of GET /healthz once a second, from go-live to the window's end
+    answers: list[tuple[float, float]] = field(default_factory=list)
     steps: dict[str, float] = field(default_factory=dict)  # analysis steps in the window
 
 
@@ -131,6 +140,7 @@ class Run:
     false_alerts: int = 0
     single_hours: float = 0.0
     mic_silent: int = 0
+    started: float = 0.0  # wall clock at the window's start
     load_start: tuple[float, float, float] = (0.0, 0.0, 0.0)
     load_end: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
@@ -158,6 +168,15 @@ def step_counters(metrics: dict[str, float]) -> dict[str, float]:
         "windows": "rtcproctor_voice_step_windows_sum",
     }
     return {k: metrics[v] for k, v in names.items() if v in metrics}
+
+
+def answer_figures(seconds: list[float]) -> dict[str, float] | None:
+    if not seconds:
+        return None
+    return {
+        "median": round(1000 * statistics.median(seconds), 1),
+        "max": round(1000 * max(seconds), 1),
+    }
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -264,7 +283,7 @@ class Capacity:
                 began = time.perf_counter()
                 with contextlib.suppress(OSError):
                     await asyncio.to_thread(health, target.server.url)
-                    target.answers.append(time.perf_counter() - began)
+                    target.answers.append((time.time(), time.perf_counter() - began))
             await asyncio.sleep(ANSWER_EVERY)
 
     async def _watch_lag(self) -> None:
@@ -284,6 +303,7 @@ class Capacity:
 
     async def measure(self) -> None:
         args = self.args
+        answers = asyncio.ensure_future(self._watch_answers())
         log.info("warming up for %g s", args.warmup)
         await asyncio.sleep(args.warmup)
         before = {id(t): await asyncio.to_thread(self._snapshot, t) for t in self.targets}
@@ -294,14 +314,14 @@ class Capacity:
         sent_before = [m.sent for m in self.mics]
         renewed_before = self._renewals()
         own_before = time.process_time()
-        own_waited = sample(os.getpid())
+        own_before_sample = sample(os.getpid())
         self.run.load_start = os.getloadavg()
-        start = time.time()
+        start = self.run.started = time.time()
         self.schedule(start, start + args.seconds)
         watchers = [
+            answers,
             asyncio.ensure_future(self._watch_stall()),
             asyncio.ensure_future(self._watch_lag()),
-            asyncio.ensure_future(self._watch_answers()),
         ]
         log.info("measuring for %g s", args.seconds)
         try:
@@ -313,8 +333,8 @@ class Capacity:
         self.run.window = elapsed
         self.run.generator_cpu = (time.process_time() - own_before) / elapsed
         own_now = sample(os.getpid())
-        if own_waited is not None and own_now is not None:
-            self.run.generator_waited = (own_now.waited - own_waited.waited) / elapsed
+        if own_before_sample is not None and own_now is not None:
+            self.run.generator_waited = own_now.minus(own_before_sample).waited / elapsed
         sent = [m.sent - before for m, before in zip(self.mics, sent_before, strict=True)]
         self.run.packets_sent = sum(sent)
         due = elapsed / PACKET_TIME
@@ -491,11 +511,9 @@ def figures(cap: Capacity) -> dict[str, Any]:
             ),
             "voice_lag_s": [round(v, 2) for v in target.lag],
             "healthz_ms": {
-                "median": round(1000 * statistics.median(target.answers), 1),
-                "max": round(1000 * max(target.answers), 1),
-            }
-            if target.answers
-            else None,
+                "warmup": answer_figures([s for t, s in target.answers if t < run.started]),
+                "window": answer_figures([s for t, s in target.answers if t >= run.started]),
+            },
             "voice_steps": target.steps,
         }
         if target.cpu is not None:
@@ -558,6 +576,10 @@ def print_report(out: dict[str, Any], own_server: bool) -> None:
         f"  students   {out['live']} of {out['students']} live, {out['media']}: the shadow peer "
         "receives only audio, so video would load only the generator"
     )
+    p(
+        f"             they wait up to {STUN_ANSWER_WAIT:g} s for each STUN consent answer, "
+        "as browsers tolerate late answers (aioice alone: 0.5 s)"
+    )
     p(f"  speech     {out['speech']} ({out['voices']} voices)")
     p(
         f"             {out['second_voice_students']} students get a second voice over theirs "
@@ -591,11 +613,15 @@ def print_report(out: dict[str, Any], own_server: bool) -> None:
             f"  audio      {got if got is not None else 'n/a'} frames analysed of {due} due by the "
             f"clock ({share}); {server['shadow_peers']} shadow peers at the end"
         )
-        if server["healthz_ms"]:
+        timed = {k: v for k, v in server["healthz_ms"].items() if v}
+        if timed:
             p(
-                f"  answers    GET /healthz took median {server['healthz_ms']['median']:.0f} ms, "
-                f"max {server['healthz_ms']['max']:.0f} ms (once a second: the event loop's "
-                "delay; peers die when STUN consent checks wait > 0.5 s for 30 s)"
+                "  answers    GET /healthz took "
+                + ", ".join(
+                    f"median {v['median']:.0f} ms, max {v['max']:.0f} ms in the {k}"
+                    for k, v in timed.items()
+                )
+                + " (once a second: the event loop's delay, which signaling also waits)"
             )
         lag, steps = server["voice_lag_s"], server["voice_steps"]
         if lag:
@@ -607,7 +633,8 @@ def print_report(out: dict[str, Any], own_server: bool) -> None:
             n = steps["steps"]
             p(
                 f"  voice      {n:.0f} analysis steps in the window, {steps['seconds'] / n:.2f} s "
-                f"and {steps.get('windows', 0) / n:.1f} windows each on average"
+                f"and {steps.get('windows', 0) / n:.1f} windows each on average "
+                f"({1000 * steps['seconds'] / max(1, steps.get('windows', 0)):.0f} ms per window)"
             )
     loss = out["worst_stream_loss"]
     p(
@@ -694,6 +721,7 @@ def main(args: argparse.Namespace) -> int:
     from rtcproctor.rtc.hosts import loopback_only
 
     loopback_only()
+    browser_like_consent()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     urls, keys = split(args.server), split(args.key)
     if keys and len(keys) not in (1, len(urls)):

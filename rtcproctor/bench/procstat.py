@@ -9,7 +9,7 @@ name its threads for the OS, so they cannot be told apart further from outside.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -26,14 +26,12 @@ class CpuSample:
     loop: float  # the main (event-loop) thread
     waited: float  # seconds threads were runnable but waiting for a core (all threads)
     rss: int  # bytes
+    by_thread: dict[int, float] = field(default_factory=dict, repr=False)  # waited per thread
 
     def minus(self, earlier: CpuSample) -> CpuSample:
-        return CpuSample(
-            self.total - earlier.total,
-            self.loop - earlier.loop,
-            self.waited - earlier.waited,
-            self.rss,
-        )
+        # Per thread: a thread that ended in between must not make the sum go backwards.
+        waited = sum(w - earlier.by_thread.get(tid, 0.0) for tid, w in self.by_thread.items())
+        return CpuSample(self.total - earlier.total, self.loop - earlier.loop, waited, self.rss)
 
 
 def pid_listening_on(url: str) -> int | None:
@@ -62,15 +60,16 @@ def sample(pid: int) -> CpuSample | None:
         return None
     loop = sum(t.user_time + t.system_time for t in threads if t.id == pid)
     total = times.user + times.system + times.children_user + times.children_system
-    return CpuSample(total, loop, _waited(pid, [t.id for t in threads]), rss)
+    waited = _waited(pid, [t.id for t in threads])
+    return CpuSample(total, loop, sum(waited.values()), rss, waited)
 
 
-def _waited(pid: int, threads: list[int]) -> float:
-    """Run-queue delay summed over the threads (/proc/PID/task/TID/schedstat, Linux)."""
-    total = 0
+def _waited(pid: int, threads: list[int]) -> dict[int, float]:
+    """Run-queue delay of each thread (/proc/PID/task/TID/schedstat, Linux)."""
+    out: dict[int, float] = {}
     for tid in threads:
         try:
-            total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[1])
+            out[tid] = int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[1]) / 1e9
         except (OSError, IndexError, ValueError):
             continue
-    return total / 1e9
+    return out

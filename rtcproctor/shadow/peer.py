@@ -18,6 +18,9 @@ from rtcproctor.rtc.ice import candidate_from_init, configuration, description_f
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16_000
+# A live microphone delivers a frame every 20 ms, silence included; this long without
+# one means the connection is gone even if ICE has not said so yet.
+STALL_SECONDS = 15.0
 Sink = Callable[[np.ndarray], None]
 
 
@@ -37,6 +40,8 @@ class ShadowPeer:
         self._on_failed = on_failed
         self._reader: asyncio.Task[None] | None = None
         self.frames = 0
+        self._reported = False
+        self._report: asyncio.Future[None] | None = None
         self.pc.on("track", self._on_track)
         self.pc.on("connectionstatechange", self._on_state)
 
@@ -59,7 +64,13 @@ class ShadowPeer:
             self._reader = asyncio.ensure_future(self._read(track))
 
     async def _on_state(self) -> None:
-        if self.pc.connectionState == "failed":
+        if self.pc.connectionState in ("failed", "closed"):
+            await self._report_failed()
+
+    async def _report_failed(self) -> None:
+        """Tell the proctor once, so that it asks the student for a new peer."""
+        if not self._reported:
+            self._reported = True
             await self._on_failed(self.peer_id)
 
     async def _read(self, track: MediaStreamTrack) -> None:
@@ -67,7 +78,11 @@ class ShadowPeer:
         resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
         try:
             while True:
-                frame = await track.recv()
+                try:
+                    frame = await asyncio.wait_for(track.recv(), STALL_SECONDS)
+                except TimeoutError:
+                    log.warning("shadow peer %s: no audio for %g s", self.peer_id, STALL_SECONDS)
+                    break
                 self.frames += 1
                 for out in resampler.resample(frame):
                     self.sink(out.to_ndarray().reshape(-1).astype(np.float32, copy=False))
@@ -75,8 +90,13 @@ class ShadowPeer:
             pass
         except Exception:
             log.exception("shadow peer %s: reading audio failed", self.peer_id)
+        # The track ended or stalled without the peer being closed by us: renew it, from
+        # a task of its own, since renewing closes this peer and cancels this reader.
+        if not self._reported:
+            self._report = asyncio.ensure_future(self._report_failed())
 
     async def close(self) -> None:
+        self._reported = True
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):

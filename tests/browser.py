@@ -43,8 +43,11 @@ class Tab:
     console: list[str] = field(default_factory=list)
 
     def problems(self) -> list[str]:
-        return [m for m in self.console if m.startswith(("error:", "pageerror:"))
-                or "Content Security Policy" in m]
+        return [
+            m
+            for m in self.console
+            if m.startswith(("error:", "pageerror:")) or "Content Security Policy" in m
+        ]
 
 
 async def open_tab(browser: Browser, url: str, viewport: dict | None = None) -> Tab:

@@ -130,8 +130,8 @@ def database_url(request, tmp_path: Path) -> str:
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
     """One real Redis for the session; tests keep apart by key prefix or by flushing."""
-    from tests.support import RedisServer
+    from rtcproctor.bench.cluster import RedisProcess
 
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    server = RedisProcess.start(tmp_path_factory.mktemp("redis"))
     yield server
     server.stop()

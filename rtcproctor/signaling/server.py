@@ -305,7 +305,9 @@ class SignalingServer:
         raise Rejected("not_watching", "this page is not watching that student")
 
     async def _watched(self, client: Client, data: dict[str, Any]) -> StudentState:
-        student_id, watched = self._watched_id(client, data)
+        return await self._state_of(*self._watched_id(client, data))
+
+    async def _state_of(self, student_id: int, watched: Watched) -> StudentState:
         state = await self.presence.student(student_id)
         if state is None:
             return StudentState(id=student_id, exam_id=watched.exam_id, code=watched.code)
@@ -709,10 +711,10 @@ class SignalingServer:
     # Voice alerts (proctor key needed)
 
     async def _authorized(self, client: Client, data: dict[str, Any]) -> StudentState:
-        _, watched = self._watched_id(client, data)
+        student_id, watched = self._watched_id(client, data)
         if watched.exam_id not in client.authorized_exams:
             raise Rejected("unauthorized", "alerts need this exam's proctor key")
-        return await self._watched(client, data)
+        return await self._state_of(student_id, watched)
 
     async def alert_review(self, client: Client, data: dict[str, Any]) -> dict[str, Any]:
         state = await self._authorized(client, data)

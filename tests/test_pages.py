@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from playwright.async_api import TimeoutError as PlaywrightTimeout
 
 from tests.browser import DESKTOP, PHONE, Tab, open_tab
 
@@ -27,7 +28,11 @@ async def monitor(browser, server, students, key: str | None = None) -> Tab:
     tab = await open_tab(browser, f"{server.url}/monitor" + (f"#key={key}" if key else ""))
     await tab.page.fill("#roster-input", "\n".join(f"{name},{code}" for name, code in students))
     await tab.page.click("#next-button")
-    await tab.page.wait_for_selector("#board:not([hidden])")
+    try:
+        await tab.page.wait_for_selector("#board:not([hidden])")
+    except PlaywrightTimeout:
+        said = await tab.page.locator("#watch-error, #watch-results").all_inner_texts()
+        raise AssertionError(f"the board did not open: {said} {tab.problems()}") from None
     return tab
 
 

@@ -7,7 +7,9 @@ write lock) on SQLite. Whoever comes second finds the schema at head and does no
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 from pathlib import Path
 
 from alembic import command
@@ -31,6 +33,9 @@ BASELINE_TABLES = frozenset(
 )
 # pg_advisory_xact_lock takes a bigint: "RTCPROCT" in ASCII.
 PG_LOCK_KEY = int.from_bytes(b"RTCPROCT", "big")
+# Alembic keeps the running migration context in module globals, so two upgrades
+# interleaving on one event loop would mix their connections: one at a time per process.
+_UPGRADING = threading.Lock()
 
 
 class LegacySchemaError(RuntimeError):
@@ -91,9 +96,16 @@ def upgrade(conn: Connection, revision: str = "head") -> None:
 
 
 async def upgrade_engine(engine: AsyncEngine, revision: str = "head") -> None:
-    async with engine.connect() as conn:
-        await conn.run_sync(upgrade, revision)
-        await conn.commit()
+    # A thread lock (event loops in several threads share Alembic's globals), polled rather
+    # than awaited in a thread, so that a cancelled start never leaves it held.
+    while not _UPGRADING.acquire(blocking=False):  # noqa: ASYNC110
+        await asyncio.sleep(0.02)
+    try:
+        async with engine.connect() as conn:
+            await conn.run_sync(upgrade, revision)
+            await conn.commit()
+    finally:
+        _UPGRADING.release()
 
 
 async def revisions(engine: AsyncEngine) -> tuple[str | None, str]:

@@ -32,11 +32,31 @@ export class Connection {
     this.socket.on(event, handler);
   }
 
+  /**
+   * Resolves true once connected (after the page's own `connect` handlers, which
+   * were registered first), false after `timeoutMs` or if the socket gave up.
+   */
+  connectedWithin(timeoutMs) {
+    if (this.socket.connected) return Promise.resolve(true);
+    if (!this.socket.active) return Promise.resolve(false);
+    return new Promise((resolve) => {
+      const done = (ok) => {
+        clearTimeout(timer);
+        this.socket.off('connect', onConnect);
+        resolve(ok);
+      };
+      const onConnect = () => done(true);
+      const timer = setTimeout(() => done(false), timeoutMs);
+      this.socket.on('connect', onConnect);
+    });
+  }
+
   /** Emits `event` and resolves with the ack, or throws a CallError. */
   async call(event, payload = {}, timeoutMs = CALL_TIMEOUT_MS) {
-    // Fail fast instead of letting socket.io buffer the packet: a buffered
-    // event would reach the server before the page re-joins.
-    if (!this.socket.connected) {
+    // Never let socket.io buffer the packet: a buffered event would reach the
+    // server before the page re-joins. Wait for the connection instead (a page
+    // used right after it opens, or during a short reconnect), then send.
+    if (!this.socket.connected && !(await this.connectedWithin(timeoutMs))) {
       throw new CallError('offline', 'Not connected to the server.');
     }
     let ack;

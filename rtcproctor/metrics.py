@@ -46,6 +46,8 @@ class Snapshot:
     pending: Sequence[float] = ()  # per stream: seconds of audio not yet handed to a step
     lag: Sequence[float] = ()  # per stream: newest audio minus the end of the analysed audio
     audio_frames: int = 0  # ever received by shadow peers
+    stride: int = 1  # 1: every window analysed; n: one in n (voice.pacing, under load)
+    busy: float = 0.0  # the analysis worker's busy fraction, last measured
 
 
 class _Live(Collector):
@@ -78,6 +80,16 @@ class _Live(Collector):
             "voice_lag_seconds",
             "How far the analysis is behind the newest received audio (max over streams)",
             max(s.lag, default=0.0),
+        )
+        yield _gauge(
+            "voice_stride",
+            "1 when every analysis window is taken; n when the load allows only 1 in n",
+            s.stride,
+        )
+        yield _gauge(
+            "voice_busy_ratio",
+            "Share of the time the analysis worker computed (near 1: add a process)",
+            s.busy,
         )
         state = GaugeMetricFamily(
             "rtcproctor_voice_state",
@@ -134,6 +146,12 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.windows_skipped = Counter(
+            "rtcproctor_voice_windows_skipped",
+            "Windows left out to stay in real time (the analysis fell behind the audio)",
+            registry=self.registry,
+        )
+
     def read_from(self, read: Callable[[], Snapshot]) -> None:
         """Gauges come from `read()` at every scrape."""
         self.registry.register(_Live(read))
@@ -144,7 +162,9 @@ class Metrics:
     def alert(self, kind: str) -> None:
         self.alerts.labels(kind).inc()
 
-    def step(self, seconds: float, windows: int) -> None:
+    def step(self, seconds: float, windows: int, skipped: int = 0) -> None:
+        if skipped:
+            self.windows_skipped.inc(skipped)
         if windows:
             self.step_seconds.observe(seconds)
             self.step_windows.observe(windows)

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import sys
+import time
 import urllib.error
 import urllib.request
 
@@ -155,3 +156,58 @@ async def test_one_voice_raises_no_voice_alert(voice_server, voices):
         proctor.terminate()
         await proctor.wait()
     assert [e for e in events if voice_alert(e)] == []
+
+
+def worker_pids(server) -> set[int]:
+    """The server's voice worker process (spawned by multiprocessing), by its command line."""
+    pid = server.process.pid
+    children: set[int] = set()
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            children |= {int(c) for c in f.read().split()}
+    found = set()
+    for child in children:
+        try:
+            with open(f"/proc/{child}/cmdline", "rb") as f:
+                if b"spawn_main" in f.read():
+                    found.add(child)
+        except FileNotFoundError:
+            continue
+    return found
+
+
+async def test_a_killed_voice_worker_is_replaced_and_alerts_come_again(voice_server, voices):
+    """Inference runs in a process of its own: if the kernel kills it (out of memory), the
+    server starts another and renews the students' hidden peers; alerts resume."""
+    exam = voice_server.codes("Ann")
+    code, key = exam["students"][0]["code"], exam["proctor_key"]
+    proctor = await spawn("proctor", "--server", voice_server.url, "--code", code, "--key", key)
+    student = await spawn(
+        "student", "--server", voice_server.url, "--code", code, "--audio", str(voices["two"])
+    )
+    try:
+        await lines_until(proctor, lambda e: e["type"] == "media", within=60)
+        (old,) = worker_pids(voice_server)
+        killed_at = time.time()
+        os.kill(old, 9)
+        for _ in range(200):
+            health = voice_server.health()
+            pids = worker_pids(voice_server)
+            if health["voice"] == "ready" and pids and old not in pids:
+                break
+            await asyncio.sleep(0.5)
+        assert pids and old not in pids
+
+        # Only an alert on audio heard after the kill counts: the new worker raised it.
+        def new(event: dict) -> bool:
+            return voice_alert(event) and event["alert"]["start"] >= killed_at
+
+        events = await lines_until(proctor, new, within=120)
+        assert [e for e in events if new(e)], [e["type"] for e in events]
+        assert voice_server.health()["shadow_peers"] == 1
+    finally:
+        student.terminate()
+        proctor.terminate()
+        await student.wait()
+        await proctor.wait()
+    await asyncio.to_thread(voice_server.wait_no_shadow_peers, 10)

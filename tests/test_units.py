@@ -109,3 +109,26 @@ def test_ice_servers_without_turn_are_explicit_and_empty():
     assert IceServers(turn_urls=("turn:x",)).for_client() == []  # no secret, no TURN
     with_turn = IceServers(turn_urls=("turn:x",), turn_secret="s", ttl=60).for_client("id")
     assert with_turn[0]["username"].endswith(":id")
+
+
+def test_pacer_thins_windows_when_busy_and_restores_them_when_idle():
+    from rtcproctor.voice.pacing import Pacer
+
+    pacer = Pacer(max_stride=3, period=10.0)
+    now = 0.0
+    pacer.record(0.0, now)  # periods now end at 10 s, 20 s, ...
+
+    def run(busy_share: float, seconds: float) -> int:
+        nonlocal now
+        for _ in range(int(seconds / 0.5)):
+            now += 0.5
+            pacer.record(0.5 * busy_share, now)
+        return pacer.stride
+
+    assert run(0.5, 30) == 1  # keeps up: every window
+    assert run(0.98, 10) == 2  # behind: 1 in 2
+    assert run(0.98, 60) == 3  # still behind: up to the maximum, never beyond
+    assert run(0.5, 30) == 3  # 0.5 at 1 in 3 would be 0.75 at 1 in 2: stays
+    assert run(0.3, 10) == 2  # 0.3 → 0.45 at 1 in 2: finer
+    assert run(0.35, 30) == 2  # 0.35 → 0.7 at every window: not yet
+    assert run(0.2, 10) == 1

@@ -309,3 +309,24 @@ def test_analyze_cli_missing_file(tmp_path, capsys):
 
     assert main(["analyze", str(tmp_path / "none.wav")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_thinned_pace_still_sees_two_voices_with_a_third_of_the_windows(models, sample):
+    """Under load the live analyzer takes 1 window in n: the sample's second voice is
+    still found, from fewer windows."""
+    from rtcproctor.voice.analyzer import Analyzer
+    from rtcproctor.voice.pacing import Pacer
+
+    seen = {}
+    alerts = {}
+    for stride in (1, 3):
+        pacer = Pacer(stride=stride, max_stride=stride, high=2.0, low=-1.0)  # fixed pace
+        analyzer = Analyzer(DetectorConfig(), models=models, pacer=pacer)
+        found = []
+        for i in range(0, sample.size, SR // 2):
+            analyzer.submit("s", sample[i : i + SR // 2])
+            found += analyzer.step()
+        seen[stride] = analyzer.detector("s").windows_seen
+        alerts[stride] = {a.type for a in found}
+    assert AlertType.MULTIPLE_VOICES in alerts[1] and AlertType.MULTIPLE_VOICES in alerts[3]
+    assert seen[3] * 3 <= seen[1] + 3

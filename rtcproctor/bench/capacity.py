@@ -53,6 +53,7 @@ log = logging.getLogger("rtcproctor.bench")
 
 VOICE_ALERTS = ("multiple_voices", "unknown_voice")
 LAG = "rtcproctor_voice_lag_seconds"
+STRIDE = "rtcproctor_voice_stride"
 LAG_EVERY = 5.0  # seconds between two readings of the voice lag
 ANSWER_EVERY = 1.0  # seconds between two timed GET /healthz
 LOOP_SECONDS = 20.0  # each microphone loops this much of its speaker
@@ -114,9 +115,16 @@ class Target:
     frames: int | None = None  # shadow audio frames analysed during the window
     shadow_peers: int | None = None  # at the end of the window
     lag: list[float] = field(default_factory=list)  # voice lag through the window (/metrics)
+    stride: list[float] = field(default_factory=list)  # analysis stride, read with the lag
     # (wall clock, seconds) of GET /healthz once a second, from go-live to the window's end
     answers: list[tuple[float, float]] = field(default_factory=list)
     steps: dict[str, float] = field(default_factory=dict)  # analysis steps in the window
+
+    def read_pace(self, metrics: dict[str, float]) -> None:
+        if LAG in metrics:
+            self.lag.append(metrics[LAG])
+        if STRIDE in metrics:
+            self.stride.append(metrics[STRIDE])
 
 
 @dataclass
@@ -290,8 +298,7 @@ class Capacity:
         while True:
             for target in self.targets:
                 metrics = await asyncio.to_thread(scrape, target.server.url)
-                if LAG in metrics:
-                    target.lag.append(metrics[LAG])
+                target.read_pace(metrics)
             await asyncio.sleep(LAG_EVERY)
 
     async def _watch_stall(self) -> None:
@@ -354,8 +361,7 @@ class Capacity:
             if frames0 is not None and frames1 is not None:
                 target.frames = frames1 - frames0
             metrics = await asyncio.to_thread(scrape, target.server.url)
-            if LAG in metrics:
-                target.lag.append(metrics[LAG])
+            target.read_pace(metrics)
             now = step_counters(metrics)
             then = steps[id(target)]
             target.steps = {k: now[k] - then[k] for k in now if k in then}
@@ -510,6 +516,7 @@ def figures(cap: Capacity) -> dict[str, Any]:
                 / PACKET_TIME
             ),
             "voice_lag_s": [round(v, 2) for v in target.lag],
+            "voice_stride": [int(v) for v in target.stride],
             "healthz_ms": {
                 "warmup": answer_figures([s for t, s in target.answers if t < run.started]),
                 "window": answer_figures([s for t, s in target.answers if t >= run.started]),
@@ -522,6 +529,7 @@ def figures(cap: Capacity) -> dict[str, Any]:
                 "cpu_cores": round(target.cpu.total / run.window, 3),
                 "cpu_per_stream_pct": round(100 * target.cpu.total / run.window / streams, 2),
                 "cpu_loop_cores": round(target.cpu.loop / run.window, 3),
+                "cpu_worker_cores": round(target.cpu.children / run.window, 3),
                 "cpu_waited_cores": round(target.cpu.waited / run.window, 3),
                 "rss_mib": round((target.rss_after or 0) / 2**20, 1),
                 "rss_before_mib": round((target.rss_before or 0) / 2**20, 1),
@@ -588,22 +596,29 @@ def print_report(out: dict[str, Any], own_server: bool) -> None:
     p(f"  window     {out['window_s']:g} s of steady state after {out['warmup_s']:g} s warm-up")
     for server in out["servers"]:
         if "cpu_cores" in server:
-            other = server["cpu_cores"] - server["cpu_loop_cores"]
+            worker = server["cpu_worker_cores"]
+            other = server["cpu_cores"] - server["cpu_loop_cores"] - worker
             per_stream = server["cpu_per_stream_pct"]
             p(
                 f"  server CPU {server['cpu_cores']:.2f} cores = {per_stream:.2f} % "
-                f"of one core per stream (user+system, all threads: event loop "
-                f"{server['cpu_loop_cores']:.2f}, other threads {other:.2f}: inference, decoding)"
+                f"of one core per stream (user+system: event loop "
+                f"{server['cpu_loop_cores']:.2f}, other threads {other:.2f} (decoding), "
+                f"voice worker process {worker:.2f})"
+            )
+            receive = (server["cpu_cores"] - worker) / max(1, server["students"])
+            p(
+                f"             receive path (server without the voice worker) "
+                f"{100 * receive:.2f} % of one core per stream"
             )
             p(
                 f"             its threads waited {server['cpu_waited_cores']:.2f} s per s for a "
-                "core (run queue; high when the machine is oversubscribed)"
+                "core (run queue, server process; high when the machine is oversubscribed)"
             )
             grown = server["rss_mib"] - server["rss_before_mib"]
             per = grown / max(1, server["students"])
             p(
                 f"  server RSS {server['rss_mib']:.0f} MiB ({server['rss_before_mib']:.0f} MiB "
-                f"before students, {per:+.1f} MiB per stream)"
+                f"before students, {per:+.1f} MiB per stream; voice worker included)"
             )
         else:
             p(f"  server CPU not measurable: {server['url']} is not a process on this machine")
@@ -628,6 +643,12 @@ def print_report(out: dict[str, Any], own_server: bool) -> None:
             p(
                 f"  voice lag  {lag[0]:.1f} s at the start, max {max(lag):.1f} s, {lag[-1]:.1f} s "
                 "at the end (newest audio minus analysed audio, worst stream, /metrics)"
+            )
+        stride = server.get("voice_stride") or []
+        if stride:
+            p(
+                f"  pace       1 window in {stride[-1]} analysed at the end, 1 in {max(stride)} "
+                "at most (1: every window; more: the server thinned windows to keep up)"
             )
         if steps.get("steps"):
             n = steps["steps"]

@@ -1,8 +1,8 @@
 """CPU and memory of a server process, found by its pid or by the port it listens on.
 
-CPU is user+system time of every thread of the process (and of children it waited
-for), with the main (event-loop) thread's share apart: what is left went to voice
-inference (its worker and torch's threads) and aiortc's codec threads. Python does not
+CPU is user+system time of every thread of the process and of its child processes
+(the voice worker), with the main (event-loop) thread's share and the children's share
+apart: what is left went to aiortc's codec threads and the I/O helpers. Python does not
 name its threads for the OS, so they cannot be told apart further from outside.
 """
 
@@ -22,8 +22,9 @@ LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0", ""}
 
 @dataclass(frozen=True)
 class CpuSample:
-    total: float  # seconds, all threads
+    total: float  # seconds, all threads, child processes included
     loop: float  # the main (event-loop) thread
+    children: float  # live child processes (the voice worker)
     waited: float  # seconds threads were runnable but waiting for a core (all threads)
     rss: int  # bytes
     by_thread: dict[int, float] = field(default_factory=dict, repr=False)  # waited per thread
@@ -31,7 +32,13 @@ class CpuSample:
     def minus(self, earlier: CpuSample) -> CpuSample:
         # Per thread: a thread that ended in between must not make the sum go backwards.
         waited = sum(w - earlier.by_thread.get(tid, 0.0) for tid, w in self.by_thread.items())
-        return CpuSample(self.total - earlier.total, self.loop - earlier.loop, waited, self.rss)
+        return CpuSample(
+            self.total - earlier.total,
+            self.loop - earlier.loop,
+            max(0.0, self.children - earlier.children),
+            waited,
+            self.rss,
+        )
 
 
 def pid_listening_on(url: str) -> int | None:
@@ -56,12 +63,22 @@ def sample(pid: int) -> CpuSample | None:
             times = process.cpu_times()
             rss = process.memory_info().rss
             threads = process.threads()
+        children = process.children(recursive=True)
     except psutil.Error:
         return None
+    child_cpu = 0.0
+    for child in children:
+        try:
+            with child.oneshot():
+                t = child.cpu_times()
+                child_cpu += t.user + t.system
+                rss += child.memory_info().rss
+        except psutil.Error:
+            continue
     loop = sum(t.user_time + t.system_time for t in threads if t.id == pid)
-    total = times.user + times.system + times.children_user + times.children_system
+    total = times.user + times.system + times.children_user + times.children_system + child_cpu
     waited = _waited(pid, [t.id for t in threads])
-    return CpuSample(total, loop, sum(waited.values()), rss, waited)
+    return CpuSample(total, loop, child_cpu, sum(waited.values()), rss, waited)
 
 
 def _waited(pid: int, threads: list[int]) -> dict[int, float]:

@@ -1,7 +1,8 @@
-"""All shadow peers of this process and the one analyzer they feed.
+"""All shadow peers of this process and the one analysis worker they feed.
 
-Inference runs in one dedicated worker thread (torch releases the GIL), so the event
-loop that relays signaling never waits for it; one batched step serves every student.
+Inference runs in a worker process of its own (voice.worker): the event loop that
+relays signaling and receives the students' audio never shares a core's GIL with it,
+and one batched step serves every student.
 """
 
 from __future__ import annotations
@@ -10,13 +11,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from rtcproctor.shadow.peer import ShadowPeer
 from rtcproctor.voice.alerts import Alert
-from rtcproctor.voice.analyzer import Analyzer
+from rtcproctor.voice.models import serving_threads
+from rtcproctor.voice.worker import AnalysisWorker
 
 if TYPE_CHECKING:
     from rtcproctor.metrics import Metrics
@@ -43,20 +45,24 @@ class _Stream:
     t0: float | None = None
 
 
+def live_worker() -> AnalysisWorker:
+    """Paced (stays in real time under load), on the cores a server can spare."""
+    return AnalysisWorker(threads=serving_threads())
+
+
 class ShadowProctor:
     def __init__(
         self,
         on_alert: Callable[[ShadowAlert], Awaitable[None]],
         on_peer_failed: Callable[[str], Awaitable[None]],
-        analyzer_factory: Callable[[], Analyzer] = Analyzer,
+        worker_factory: Callable[[], AnalysisWorker] | None = None,
         metrics: Metrics | None = None,
     ) -> None:
         self._on_alert = on_alert
         self.metrics = metrics
         self._on_peer_failed = on_peer_failed
-        self._factory = analyzer_factory
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="voice")
-        self.analyzer: Analyzer | None = None
+        self._factory = worker_factory or live_worker
+        self.analyzer: AnalysisWorker | None = None
         self.peers: dict[str, ShadowPeer] = {}
         self._streams: dict[str, _Stream] = {}
         self._by_key: dict[str, _Stream] = {}
@@ -80,34 +86,54 @@ class ShadowProctor:
         return self._frames_of_closed + sum(p.frames for p in self.peers.values())
 
     async def start(self) -> None:
-        """Load the models off the event loop, then run the analysis loop."""
-        loop = asyncio.get_running_loop()
-        began = time.perf_counter()
+        """Start the worker process (it loads the models), then run the analysis loop."""
+        if await self._start_worker():
+            self._loop_task = asyncio.create_task(self._analyse())
+
+    async def _start_worker(self) -> bool:
+        worker = self._factory()
         try:
-            self.analyzer = await loop.run_in_executor(self._executor, self._factory)
+            await worker.start()
         except Exception as exc:
             self.error = f"{type(exc).__name__}: {exc}"
             log.exception("voice detection unavailable: the models did not load")
-            return
-        log.info("voice detector ready in %.1f s", time.perf_counter() - began)
-        self._loop_task = asyncio.create_task(self._analyse())
+            return False
+        self.analyzer, self.error = worker, None
+        return True
 
     async def stop(self) -> None:
         if self._loop_task is not None:
             self._loop_task.cancel()
         for peer_id in list(self.peers):
             await self.close_peer(peer_id)
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        if self.analyzer is not None:
+            await self.analyzer.stop()
+
+    async def _restart(self) -> bool:
+        """The worker died (killed, out of memory): a new one, and new peers for everyone,
+        since the students' enrolled voices and open windows died with it."""
+        log.error("the voice worker process died: starting a new one")
+        dead, self.analyzer = self.analyzer, None
+        if dead is not None:
+            await dead.stop()
+        if not await self._start_worker():
+            return False
+        for peer_id in list(self.peers):
+            await self._on_peer_failed(peer_id)
+        return True
 
     async def _analyse(self) -> None:
-        loop = asyncio.get_running_loop()
-        assert self.analyzer is not None
-        while True:
+        while self.analyzer is not None:
             began = time.monotonic()
             try:
-                alerts = await loop.run_in_executor(self._executor, self.analyzer.step)
+                alerts = await self.analyzer.step()
                 if self.metrics is not None:
-                    self.metrics.step(self.analyzer.last.seconds, self.analyzer.last.windows)
+                    last = self.analyzer.last
+                    self.metrics.step(last.seconds, last.windows, last.skipped)
+            except BrokenProcessPool:
+                if not await self._restart():
+                    return
+                alerts = []
             except Exception:
                 log.exception("voice analysis step failed")
                 alerts = []
@@ -133,12 +159,12 @@ class ShadowProctor:
         if peer_id in self.peers:
             await self.close_peer(peer_id)
         stream = _Stream(student_id=student_id, key=f"{student_id}:{peer_id}")
-        analyzer = self.analyzer
 
         def sink(samples: Any) -> None:
             if stream.t0 is None:
                 stream.t0 = time.time()
-            analyzer.submit(stream.key, samples)
+            if self.analyzer is not None:  # None while a dead worker is replaced
+                self.analyzer.submit(stream.key, samples)
 
         peer = ShadowPeer(peer_id, sink, rtc, self._on_peer_failed)
         self.peers[peer_id] = peer
@@ -154,13 +180,13 @@ class ShadowProctor:
     async def close_peer(self, peer_id: str) -> None:
         peer = self.peers.pop(peer_id, None)
         stream = self._streams.pop(peer_id, None)
+        if peer is not None:  # first, so that no sample of it follows the stream's end
+            self._frames_of_closed += peer.frames
+            await peer.close()
         if stream is not None and self.analyzer is not None:
             self.analyzer.close(stream.key)
             # Alerts of the last window may still arrive: keep the key until they have.
             asyncio.get_running_loop().call_later(30, self._by_key.pop, stream.key, None)
-        if peer is not None:
-            self._frames_of_closed += peer.frames
-            await peer.close()
 
     def re_enroll(self, student_id: int) -> bool:
         if self.analyzer is None:

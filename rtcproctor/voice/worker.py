@@ -15,6 +15,8 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import signal
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -58,11 +60,24 @@ class _Process:
 _here = _Process()
 
 
-def _load(threads: int, nice: int) -> str:
+def _die_with(server: int) -> None:
+    """A server killed with -9 must not leave its worker behind holding a gigabyte."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != server:  # it died before the line above
+        os._exit(1)
+
+
+def _load(threads: int, nice: int, server: int) -> str:
     """Runs in the worker: load the models once; what was loaded, for the log."""
     from rtcproctor.voice.models import load_models
     from rtcproctor.voice.pacing import Pacer
 
+    _die_with(server)
     if nice:
         with contextlib.suppress(OSError):
             os.nice(nice)
@@ -125,7 +140,7 @@ class AnalysisWorker:
         began = time.perf_counter()
         try:
             self.description = await loop.run_in_executor(
-                self._pool, _load, self.threads, self.nice
+                self._pool, _load, self.threads, self.nice, os.getpid()
             )
         except BaseException:
             await self.stop()

@@ -304,6 +304,17 @@ def test_analyze_cli_json_shape(models, sample_wav, capsys):
         assert turn["start"] <= turn["end"]
 
 
+def test_analyze_cli_at_a_faster_pace_still_finds_the_second_voice(models, sample_wav, capsys):
+    from rtcproctor.voice.cli import main
+
+    assert main(["analyze", str(sample_wav), "--json", "--pace", "3"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert "multiple_voices" in {a["type"] for a in data["alerts"]}
+    with pytest.raises(SystemExit):
+        main(["analyze", str(sample_wav), "--pace", "9"])
+    assert "invalid choice" in capsys.readouterr().err
+
+
 def test_analyze_cli_missing_file(tmp_path, capsys):
     from rtcproctor.voice.cli import main
 

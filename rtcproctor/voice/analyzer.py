@@ -54,6 +54,7 @@ class Analyzer:
         models: Models | None = None,
         max_windows_per_stream: int | None = None,
         pacer: Pacer | None = None,
+        stride: int = 1,
     ) -> None:
         self.config = config or DetectorConfig()
         self.models = models or load_models()
@@ -61,6 +62,7 @@ class Analyzer:
         self.embedder = Embedder(self.models)
         self.max_windows_per_stream = max_windows_per_stream
         self.pacer = pacer  # live only: offline analysis takes every window
+        self.stride = stride  # fixed pace when there is no pacer (`analyze --pace`)
         self._streams: dict[str, _Stream] = {}
         self._lock = threading.Lock()  # guards the dict, not the detectors
         self._step_lock = threading.Lock()  # one step at a time
@@ -122,7 +124,7 @@ class Analyzer:
                 closing = set(self._closing)
             batches: list[tuple[_Stream, list[Window]]] = []
             alerts: list[Alert] = []
-            stride = self.pacer.stride if self.pacer is not None else 1
+            stride = self.pacer.stride if self.pacer is not None else self.stride
             skipped_now = 0
             for name, entry in entries:
                 with entry.lock:

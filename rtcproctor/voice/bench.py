@@ -411,14 +411,16 @@ def _bench_speed(
     ids = sorted(corpus.utterances)
     speaker = ids[int(rng.integers(0, len(ids)))]
     x = _level(corpus.talk(speaker, minutes * 60.0, rng), -26) + _noise(minutes * 60 * SR, rng)
-    began = time.perf_counter()
-    analyze_samples(x, Analyzer(replace(config, keep_turns=True)))
-    spent = time.perf_counter() - began
-    speed = x.size / SR / spent
-    print(
-        f"\nanalyze speed: {x.size / SR:.0f} s of continuous speech in {spent:.1f} s = "
-        f"{speed:.0f}x real time (1 h in {3600 / speed:.0f} s)"
-    )
+    print()
+    for pace in (1, 3):
+        began = time.perf_counter()
+        analyze_samples(x, Analyzer(replace(config, keep_turns=True), stride=pace))
+        spent = time.perf_counter() - began
+        speed = x.size / SR / spent
+        print(
+            f"analyze --pace {pace} speed: {x.size / SR:.0f} s of continuous speech in "
+            f"{spent:.1f} s = {speed:.0f}x real time (1 h in {3600 / speed:.0f} s)"
+        )
 
 
 def _bench_throughput(

@@ -48,5 +48,8 @@ def analyze_samples(
     return Analysis(samples.size / SAMPLE_RATE, alerts, det.speaker_turns())
 
 
-def analyze_file(path: str | Path, analyzer: Analyzer | None = None) -> Analysis:
+def analyze_file(path: str | Path, analyzer: Analyzer | None = None, pace: int = 1) -> Analysis:
+    """`pace` N: 1 window in N, as a live server under load (ignored with `analyzer`)."""
+    if analyzer is None:
+        analyzer = Analyzer(replace(DetectorConfig(), keep_turns=True), stride=pace)
     return analyze_samples(load_audio(path), analyzer, stream=Path(path).stem)

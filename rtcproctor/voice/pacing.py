@@ -15,6 +15,10 @@ from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
 
+# 1 window in 4 at most: with 6 s windows and a 1 s hop, consecutive windows still
+# overlap by 2 s, which links one voice from window to window without an embedding.
+MAX_STRIDE = 4
+
 
 @dataclass
 class Pacer:
@@ -25,7 +29,7 @@ class Pacer:
         about as 1/stride) stays under this; the gap between the two avoids flapping.
     """
 
-    max_stride: int = 4
+    max_stride: int = MAX_STRIDE
     high: float = 0.85
     low: float = 0.6
     period: float = 10.0

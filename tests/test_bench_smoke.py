@@ -6,6 +6,7 @@ are for people to read.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -140,3 +141,31 @@ def test_bench_capacity_analyses_every_stream_and_alerts_the_second_voice(
     assert re.search(r"latency .* median [\d.]+ s\s+p95 [\d.]+ s\s+max [\d.]+ s", out)
     assert re.search(r"\d+ voice alerts on [\d.]+ h of single-voice audio", out)
     assert re.search(r"^capacity: 3 students analysed in real time: (yes|no)$", out, re.M)
+
+
+@pytest.mark.timeout(900)
+def test_bench_capacity_compares_one_process_with_two(voices: dict[str, Path]) -> None:
+    """The same students on 1 process, then on 2 over a redis-server: both reports and a
+    ratio of the analysis work done."""
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "rtcproctor", "bench", "capacity", "--compare"),
+            *("--processes", "2", "--students", "2", "--second-voice-every", "0"),
+            *("--seconds", "10", "--warmup", "5", "--json"),
+            *("--speech", str(voices["a"]), "--speech", str(voices["b"])),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=860,
+        env={**os.environ, "RTCPROCTOR_LOG_LEVEL": "WARNING"},
+    )
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+    data = json.loads(result.stdout)
+    assert [run["processes"] for run in data["runs"]] == [1, 2]
+    assert [len(run["servers"]) for run in data["runs"]] == [1, 2]
+    assert all(run["live"] == 2 for run in data["runs"])
+    rows = data["comparison"]["rows"]
+    assert [r["processes"] for r in rows] == [1, 2]
+    assert all(r["windows_per_s"] > 0 for r in rows)
+    one, two = (r["windows_per_s"] for r in rows)
+    assert data["comparison"]["ratio"] == round(two / one, 2)

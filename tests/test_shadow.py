@@ -45,6 +45,13 @@ async def lines_until(proc: asyncio.subprocess.Process, found, within: float) ->
     return seen
 
 
+async def stop(*procs: asyncio.subprocess.Process) -> None:
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        await proc.wait()
+
+
 def voice_alert(event: dict) -> bool:
     return event["type"] == "alert" and event["alert"]["type"] in (
         "multiple_voices",
@@ -79,10 +86,7 @@ async def test_two_voices_raise_an_alert_only_the_key_holder_sees(voice_server, 
         assert 0 < alert["confidence"] <= 1 and alert["start"] <= alert["end"]
         assert voice_server.health()["shadow_peers"] == 1
     finally:
-        student.terminate()
-        proctor.terminate()
-        await student.wait()
-        await proctor.wait()
+        await stop(student, proctor)
     assert without_key.events["alert"] == []
 
     # Evidence needs the key of this exam.
@@ -206,8 +210,5 @@ async def test_a_killed_voice_worker_is_replaced_and_alerts_come_again(voice_ser
         assert [e for e in events if new(e)], [e["type"] for e in events]
         assert voice_server.health()["shadow_peers"] == 1
     finally:
-        student.terminate()
-        proctor.terminate()
-        await student.wait()
-        await proctor.wait()
+        await stop(student, proctor)
     await asyncio.to_thread(voice_server.wait_no_shadow_peers, 10)

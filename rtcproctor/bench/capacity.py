@@ -35,6 +35,7 @@ from typing import Any
 
 import socketio
 
+from rtcproctor.bench.cluster import Cluster, RedisMissing
 from rtcproctor.bench.procstat import CpuSample, pid_listening_on, sample
 from rtcproctor.bench.replay import (
     PACKET_TIME,
@@ -748,13 +749,47 @@ def main(args: argparse.Namespace) -> int:
     if keys and len(keys) not in (1, len(urls)):
         print("rtcproctor bench capacity: give one --key, or one per --server", file=sys.stderr)
         return 2
+    runs = [1, args.processes] if args.compare else [args.processes]
+    outs: list[dict[str, Any]] = []
+    for processes in runs:
+        try:
+            out = measure(args, urls, keys, processes)
+        except TimeoutError:
+            print("rtcproctor bench capacity: gave up (time budget spent)", file=sys.stderr)
+            return 1
+        except (RuntimeError, RedisMissing) as exc:  # a server did not start, voice off
+            print(f"rtcproctor bench capacity: {exc}", file=sys.stderr)
+            return 1
+        outs.append(out)
+        if not args.json:
+            print_report(out, own_server=not urls)
+    if args.compare:
+        comparison = compare(outs)
+        if args.json:
+            print(json.dumps({"runs": outs, "comparison": comparison}, indent=2, default=str))
+        else:
+            print_comparison(comparison)
+    elif args.json:
+        print(json.dumps(outs[0], indent=2, default=str))
+    return 0 if all(out["live"] for out in outs) else 1
+
+
+def measure(
+    args: argparse.Namespace, urls: list[str], keys: list[str], processes: int
+) -> dict[str, Any]:
+    """One run: the given servers, or `processes` started here (over a Redis of their own
+    when more than one)."""
     servers: list[BenchServer] = []
+    cluster: Cluster | None = None
     try:
         if urls:
             servers = [
                 BenchServer.given(url, keys[min(i, len(keys) - 1)] if keys else None)
                 for i, url in enumerate(urls)
             ]
+        elif processes > 1:
+            cluster = Cluster.start(processes, timeout=120)
+            servers = cluster.servers
         else:
             servers = [BenchServer.start(timeout=60, env={"RTCPROCTOR_VOICE": "1"})]
         targets = [
@@ -765,20 +800,68 @@ def main(args: argparse.Namespace) -> int:
         budget = 300 + args.warmup + args.seconds + args.miss_after + 3 * args.students
         out = asyncio.run(asyncio.wait_for(bench(args, targets), budget))
         out["generator_nice"] = nice
-    except TimeoutError:
-        print("rtcproctor bench capacity: gave up (time budget spent)", file=sys.stderr)
-        return 1
-    except RuntimeError as exc:  # the server did not start, or its voice detection is off
-        print(f"rtcproctor bench capacity: {exc}", file=sys.stderr)
-        return 1
+        out["processes"] = len(servers)
+        return out
     finally:
-        for server in servers:
-            server.stop()
-    if args.json:
-        print(json.dumps(out, indent=2, default=str))
-    else:
-        print_report(out, own_server=not urls)
-    return 0 if out["live"] else 1
+        if cluster is not None:
+            cluster.stop()
+        else:
+            for server in servers:
+                server.stop()
+
+
+def analysed_per_second(out: dict[str, Any]) -> float:
+    """Windows the servers analysed per second of the steady window, all together."""
+    windows = sum(s["voice_steps"].get("windows", 0.0) for s in out["servers"])
+    return windows / out["window_s"]
+
+
+def compare(outs: list[dict[str, Any]]) -> dict[str, Any]:
+    rows = []
+    for out in outs:
+        alerts = out["alerts"]
+        rows.append(
+            {
+                "processes": out["processes"],
+                "students": out["live"],
+                "windows_per_s": round(analysed_per_second(out), 2),
+                "cpu_cores": round(sum(s.get("cpu_cores", 0.0) for s in out["servers"]), 2),
+                "latency_median_s": alerts.get("median_s"),
+                "latency_p95_s": alerts.get("p95_s"),
+                "real_time": all(out["real_time"].values()),
+            }
+        )
+    one, many = rows[0]["windows_per_s"], rows[-1]["windows_per_s"]
+    return {
+        "rows": rows,
+        "ratio": round(many / one, 2) if one else None,
+        "cores": os.cpu_count(),
+        "load_average": os.getloadavg(),
+    }
+
+
+def print_comparison(c: dict[str, Any]) -> None:
+    print("\ncomparison (same students, same speech; analysis work done per second)")
+    for r in c["rows"]:
+        median, p95 = r["latency_median_s"], r["latency_p95_s"]
+        when = f"median {median:.1f} s, p95 {p95:.1f} s" if median is not None else "no alert"
+        print(
+            f"  {r['processes']} process{'es' if r['processes'] > 1 else ''}: "
+            f"{r['windows_per_s']:.1f} windows analysed per s, server CPU {r['cpu_cores']:.2f} "
+            f"cores, alerts {when}, real time: {'yes' if r['real_time'] else 'no'}"
+        )
+    n = c["rows"][-1]["processes"]
+    print(
+        f"  ratio {c['ratio']}x (ideal {n}x) on {c['cores']} cores, load average "
+        f"{c['load_average'][0]:.2f}"
+    )
+    if c["cores"] and c["cores"] < 2 * n + 1:
+        print(
+            f"  why not {n}x: each process needs a core for its event loop and one for its "
+            f"voice worker, and the load generator shares them; with {c['cores']} cores "
+            "the processes only split the same CPU (more processes add room where there "
+            "are cores to give them)"
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -788,10 +871,13 @@ def run(args: argparse.Namespace) -> int:
         or args.warmup < 0
         or args.episode <= 0
         or args.miss_after <= 0
+        or args.processes < 1
+        or (args.compare and (args.processes < 2 or args.server))
     ):
         print(
             "rtcproctor bench capacity: need --students >= 1, --seconds > 0, --warmup >= 0, "
-            "--episode > 0, --miss-after > 0",
+            "--episode > 0, --miss-after > 0, --processes >= 1 (>= 2 with --compare, "
+            "which starts its own servers: no --server)",
             file=sys.stderr,
         )
         return 2
@@ -842,5 +928,17 @@ def add_parser(kinds: argparse._SubParsersAction) -> None:  # type: ignore[type-
     )
     parser.add_argument("--eval-dir", type=Path, default=DEFAULT_EVAL_DIR)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="start N servers over a redis-server of their own (students spread over them)",
+    )
+    parser.add_argument(
+        "--compare",
+        action="store_true",
+        help="run with 1 process, then with --processes, and print the ratio",
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.set_defaults(func=run)

@@ -46,6 +46,7 @@ class Snapshot:
     pending: Sequence[float] = ()  # per stream: seconds of audio not yet handed to a step
     lag: Sequence[float] = ()  # per stream: newest audio minus the end of the analysed audio
     audio_frames: int = 0  # ever received by shadow peers
+    audio_seconds: float = 0.0  # the audio those frames carried
     stride: int = 1  # 1: every window analysed; n: one in n (voice.pacing, under load)
     busy: float = 0.0  # the analysis worker's busy fraction, last measured
 
@@ -103,6 +104,11 @@ class _Live(Collector):
             "rtcproctor_shadow_audio_frames",
             "Audio frames received by shadow peers",
             value=s.audio_frames,
+        )
+        yield CounterMetricFamily(
+            "rtcproctor_shadow_audio_seconds",
+            "Seconds of audio received by shadow peers (over frames: the packet time)",
+            value=s.audio_seconds,
         )
 
     def describe(self) -> Iterator[Metric]:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from rtcproctor.shadow.peer import PTIME_MS
 from tests.browser import Tab, launch
 from tests.test_pages import clean, live_student, monitor, norm, shot, video_playing
 
@@ -69,14 +70,11 @@ def make_wav(tmp_path: Path, name: str, parts: list[tuple[list[str], str]]) -> P
     return out
 
 
-OPUS_FRAME = 0.02  # seconds of audio per frame Chromium sends (its default packet time)
-
-
 async def shadow_heard(server, seconds: float, within: float = 300.0) -> None:
     """Until the shadow proctor has received `seconds` of the student's audio."""
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
-        if server.health()["shadow_audio_frames"] * OPUS_FRAME >= seconds:
+        if server.health()["shadow_audio_seconds"] >= seconds:
             return
         await asyncio.sleep(0.5)
     raise AssertionError(f"the shadow proctor did not hear {seconds:.0f} s: {server.health()}")
@@ -230,6 +228,10 @@ async def test_one_voice_raises_no_voice_alert(voice_server, browser, tmp_path):
         reported = [a["type"] for s in data["students"] for a in s["alerts"]]
         assert "multiple_voices" not in reported and "unknown_voice" not in reported
         assert clean(proctor) == [] and clean(student) == []
+        # Chromium follows the shadow peer's answer: Opus in 60 ms packets, not its 20 ms.
+        health = server.health()
+        packet = health["shadow_audio_seconds"] / health["shadow_audio_frames"]
+        assert abs(packet - PTIME_MS / 1000) < 0.005, health
     finally:
         await student_browser.close()
         await playwright.stop()

@@ -19,15 +19,16 @@ from aiortc.mediastreams import MediaStreamError
 from av import Packet
 
 from rtcproctor.bench.speech import EncodedMic
+from rtcproctor.shadow.peer import PTIME_MS
 from rtcproctor.sim.media import MediaSource
 from rtcproctor.sim.student import SimStudent
 
-PACKET_TIME = 0.020
+PACKET_TIME = PTIME_MS / 1000  # what the shadow peer's answer asks of the sender
 RTP_CLOCK = 48_000  # Opus's RTP clock, whatever the encoded bandwidth
 TIME_BASE = fractions.Fraction(1, RTP_CLOCK)
 # Slots a stalled sender may still send late; older ones are skipped, as a microphone
 # whose audio nobody read in time: no burst of stale audio after a renewal.
-CATCH_UP = 50
+CATCH_UP = round(1.0 / PACKET_TIME)
 # How long a student waits for the server's answer to one STUN check (aioice: 0.5 s).
 STUN_ANSWER_WAIT = 4.0
 
@@ -64,7 +65,7 @@ class Episode:
 
 
 class Microphone:
-    """Loops a student's packets at 20 ms pace; switches to the helper's during episodes.
+    """Loops a student's packets at the packet time; switches to the helper's in episodes.
 
     It outlives the peers: aiortc stops a sender's track when the peer closes, so every
     (renewed) shadow peer gets its own `ReplayTrack` drawing from the same microphone.
@@ -77,7 +78,7 @@ class Microphone:
         self.started_at: float | None = None  # wall clock of the first packet
         self.flowing = asyncio.Event()
         self._start = 0.0
-        self._next = 0  # the next 20 ms slot since the start
+        self._next = 0  # the next packet slot since the start
 
     def track(self) -> ReplayTrack:
         return ReplayTrack(self)

@@ -22,10 +22,12 @@ from pathlib import Path
 import av
 import numpy as np
 
+from rtcproctor.shadow.peer import PTIME_MS
 from rtcproctor.voice.audio import SAMPLE_RATE, block_rms, load_audio
 
 DEFAULT_EVAL_DIR = Path(__file__).resolve().parents[2] / ".." / "shared" / "eval"
-FRAME = SAMPLE_RATE // 50  # 20 ms, the packet time browsers use
+# The packet time the shadow peer asks for in its answer, which browsers follow.
+FRAME = SAMPLE_RATE * PTIME_MS // 1000
 OPUS_BITRATE = 32_000
 NOISE_DBFS = -70.0  # a quiet room, not digital silence
 HELPER_ACTIVE_BELOW_LEVEL = 20.0  # a helper frame counts as speech within this many dB
@@ -69,7 +71,7 @@ class Speech:
 
 @dataclass
 class EncodedMic:
-    """One student's microphone loop as Opus packets (20 ms each)."""
+    """One student's microphone loop as Opus packets (one per packet time)."""
 
     voice: str
     alone: list[bytes]
@@ -161,11 +163,15 @@ def talk(voice: Voice, seconds: float, rng: np.random.Generator) -> np.ndarray:
 
 
 def opus_packets(samples: np.ndarray) -> list[bytes]:
-    """One Opus packet per 20 ms (16 kHz input: the detector only hears 16 kHz anyway)."""
+    """One Opus packet per packet time (16 kHz input: the detector hears only 16 kHz)."""
     encoder = av.CodecContext.create("libopus", "w")
     encoder.sample_rate, encoder.layout, encoder.format = SAMPLE_RATE, "mono", "s16"
     encoder.bit_rate = OPUS_BITRATE
-    encoder.options = {"application": "voip", "compression_level": "5"}
+    encoder.options = {
+        "application": "voip",
+        "compression_level": "5",
+        "frame_duration": str(PTIME_MS),
+    }
     encoder.open()
     pcm = (np.clip(samples, -1, 1) * 32767).astype(np.int16)
     frames = pcm.size // FRAME

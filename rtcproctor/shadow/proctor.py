@@ -68,6 +68,7 @@ class ShadowProctor:
         self._by_key: dict[str, _Stream] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._frames_of_closed = 0
+        self._seconds_of_closed = 0.0
         self.error: str | None = None
 
     @property
@@ -84,6 +85,11 @@ class ShadowProctor:
     def audio_frames(self) -> int:
         """Frames ever received, closed peers included, so it only grows (a counter)."""
         return self._frames_of_closed + sum(p.frames for p in self.peers.values())
+
+    @property
+    def audio_seconds(self) -> float:
+        """Audio ever received, closed peers included (a counter)."""
+        return self._seconds_of_closed + sum(p.seconds for p in self.peers.values())
 
     async def start(self) -> None:
         """Start the worker process (it loads the models), then run the analysis loop."""
@@ -182,6 +188,7 @@ class ShadowProctor:
         stream = self._streams.pop(peer_id, None)
         if peer is not None:  # first, so that no sample of it follows the stream's end
             self._frames_of_closed += peer.frames
+            self._seconds_of_closed += peer.seconds
             await peer.close()
         if stream is not None and self.analyzer is not None:
             self.analyzer.close(stream.key)

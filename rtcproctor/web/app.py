@@ -101,6 +101,9 @@ async def healthz(request: web.Request) -> web.Response:
         "voice": voice,
         "shadow_peers": len(shadow.peers) if shadow is not None else 0,
         "shadow_audio_frames": sum(p.frames for p in shadow.peers.values()) if shadow else 0,
+        "shadow_audio_seconds": round(sum(p.seconds for p in shadow.peers.values()), 2)
+        if shadow
+        else 0.0,
     }
     return web.json_response(body, status=200 if database == "ok" else 503)
 

@@ -79,6 +79,7 @@ def snapshot(signaling: SignalingServer) -> Snapshot:
         pending=[pending for pending, _ in backlog.values()],
         lag=[lag for _, lag in backlog.values()],
         audio_frames=shadow.audio_frames,
+        audio_seconds=shadow.audio_seconds,
         stride=pacer.stride if pacer is not None else 1,
         busy=pacer.busy_fraction if pacer is not None else 0.0,
     )

@@ -17,26 +17,28 @@ from pathlib import Path
 import pytest
 
 
-@pytest.mark.timeout(400)
-def test_bench_signaling_prints_its_figures() -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "rtcproctor",
-            "bench",
-            "signaling",
-            "--clients",
-            "50",
-            "--rate",
-            "100",
-            "--seconds",
-            "3",
-        ],
+def bench(*args: str, timeout: float) -> subprocess.CompletedProcess:
+    """`rtcproctor bench ARGS` in a process of its own, its report on stdout."""
+    return subprocess.run(
+        [sys.executable, "-m", "rtcproctor", "bench", *args],
         capture_output=True,
         text=True,
-        timeout=360,
+        timeout=timeout,
         env={**os.environ, "RTCPROCTOR_LOG_LEVEL": "WARNING"},
+    )
+
+
+@pytest.mark.timeout(400)
+def test_bench_signaling_prints_its_figures() -> None:
+    result = bench(
+        "signaling",
+        "--clients",
+        "50",
+        "--rate",
+        "100",
+        "--seconds",
+        "3",
+        timeout=360,
     )
     out = result.stdout
     assert result.returncode == 0, f"{out}\n{result.stderr}"
@@ -53,28 +55,19 @@ def test_bench_signaling_prints_its_figures() -> None:
 @pytest.mark.timeout(400)
 def test_bench_signaling_relays_across_two_processes() -> None:
     """Two server processes over the bench's own Redis: every relay pair spans both."""
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "rtcproctor",
-            "bench",
-            "signaling",
-            "--processes",
-            "2",
-            "--clients",
-            "30",
-            "--rate",
-            "60",
-            "--seconds",
-            "3",
-            "--go-live-runs",
-            "2",
-        ],
-        capture_output=True,
-        text=True,
+    result = bench(
+        "signaling",
+        "--processes",
+        "2",
+        "--clients",
+        "30",
+        "--rate",
+        "60",
+        "--seconds",
+        "3",
+        "--go-live-runs",
+        "2",
         timeout=360,
-        env={**os.environ, "RTCPROCTOR_LOG_LEVEL": "WARNING"},
     )
     out = result.stdout
     assert result.returncode == 0, f"{out}\n{result.stderr}"
@@ -96,33 +89,24 @@ def test_bench_capacity_analyses_every_stream_and_alerts_the_second_voice(
     voices: dict[str, Path],
 ) -> None:
     """Three students on espeak-ng voices; the third gets the helper's voice over theirs."""
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "rtcproctor",
-            "bench",
-            "capacity",
-            "--students",
-            "3",
-            "--second-voice-every",
-            "3",
-            "--seconds",
-            "20",
-            "--warmup",
-            "8",
-            # A loaded test machine may analyse slowly; this asserts that it alerts, not when.
-            "--miss-after",
-            "200",
-            "--speech",
-            str(voices["a"]),
-            "--speech",
-            str(voices["b"]),
-        ],
-        capture_output=True,
-        text=True,
+    result = bench(
+        "capacity",
+        "--students",
+        "3",
+        "--second-voice-every",
+        "3",
+        "--seconds",
+        "20",
+        "--warmup",
+        "8",
+        # A loaded test machine may analyse slowly; this asserts that it alerts, not when.
+        "--miss-after",
+        "200",
+        "--speech",
+        str(voices["a"]),
+        "--speech",
+        str(voices["b"]),
         timeout=660,
-        env={**os.environ, "RTCPROCTOR_LOG_LEVEL": "WARNING"},
     )
     out = result.stdout
     assert result.returncode == 0, f"{out}\n{result.stderr}"
@@ -147,17 +131,12 @@ def test_bench_capacity_analyses_every_stream_and_alerts_the_second_voice(
 def test_bench_capacity_compares_one_process_with_two(voices: dict[str, Path]) -> None:
     """The same students on 1 process, then on 2 over a redis-server: both reports and a
     ratio of the analysis work done."""
-    result = subprocess.run(
-        [
-            *(sys.executable, "-m", "rtcproctor", "bench", "capacity", "--compare"),
-            *("--processes", "2", "--students", "2", "--second-voice-every", "0"),
-            *("--seconds", "10", "--warmup", "5", "--json"),
-            *("--speech", str(voices["a"]), "--speech", str(voices["b"])),
-        ],
-        capture_output=True,
-        text=True,
+    result = bench(
+        *("capacity", "--compare"),
+        *("--processes", "2", "--students", "2", "--second-voice-every", "0"),
+        *("--seconds", "10", "--warmup", "5", "--json"),
+        *("--speech", str(voices["a"]), "--speech", str(voices["b"])),
         timeout=860,
-        env={**os.environ, "RTCPROCTOR_LOG_LEVEL": "WARNING"},
     )
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
     data = json.loads(result.stdout)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import re
 import shutil
 import socket
@@ -22,7 +21,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rtcproctor.bench.procstat import pid_listening_on
+from rtcproctor.bench.procstat import pid_listening_on, process_cpu_seconds
 from rtcproctor.bench.server import BenchServer, _die_with_parent, free_port, run_queue_seconds
 
 log = logging.getLogger(__name__)
@@ -37,17 +36,6 @@ SOCKET_ID = re.compile(r"(?<![\w.-])(?=[\w-]*[a-z])(?=[\w-]*[A-Z])[\w-]{20}(?![\
 
 class RedisMissing(RuntimeError):
     pass
-
-
-def process_cpu_seconds(pid: int | None) -> float | None:
-    """User+system CPU time of every thread of a process (Linux /proc), else None."""
-    if pid is None:
-        return None
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass

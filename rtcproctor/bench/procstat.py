@@ -9,6 +9,7 @@ name its threads for the OS, so they cannot be told apart further from outside.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -54,6 +55,17 @@ def pid_listening_on(url: str) -> int | None:
     except psutil.AccessDenied:
         log.warning("not allowed to list sockets: cannot find the server process of %s", url)
     return None
+
+
+def process_cpu_seconds(pid: int | None) -> float | None:
+    """User+system CPU time of every thread of a process (Linux /proc), else None."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def sample(pid: int) -> CpuSample | None:

@@ -19,6 +19,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rtcproctor.bench.procstat import process_cpu_seconds
+
 MAX_NAMES_PER_REQUEST = 500
 MAX_CODES_PER_COMMAND = 5000
 
@@ -169,13 +171,7 @@ class BenchServer:
 
     def cpu_seconds(self) -> float | None:
         """User+system CPU time of our own server process (Linux /proc), else None."""
-        if self.process is None:
-            return None
-        try:
-            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return None
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return process_cpu_seconds(self.process.pid if self.process else None)
 
     def queued_seconds(self) -> float | None:
         """Time the server's main (event-loop) thread was runnable but waiting for a CPU."""

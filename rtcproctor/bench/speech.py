@@ -23,7 +23,7 @@ import av
 import numpy as np
 
 from rtcproctor.shadow.peer import PTIME_MS
-from rtcproctor.voice.audio import SAMPLE_RATE, block_rms, load_audio
+from rtcproctor.voice.audio import SAMPLE_RATE, block_rms, load_audio, loop_speech
 
 DEFAULT_EVAL_DIR = Path(__file__).resolve().parents[2] / ".." / "shared" / "eval"
 # The packet time the shadow peer asks for in its answer, which browsers follow.
@@ -152,14 +152,7 @@ def _level(x: np.ndarray, dbfs: float) -> np.ndarray:
 
 def talk(voice: Voice, seconds: float, rng: np.random.Generator) -> np.ndarray:
     """`seconds` of one speaker: their speech looped from a random offset, with short pauses."""
-    speech = voice.samples
-    parts = [speech[int(rng.integers(0, max(1, speech.size // 2))) :]]
-    total = parts[0].size
-    while total < seconds * SAMPLE_RATE:
-        pause = np.zeros(int(rng.uniform(0.2, 0.8) * SAMPLE_RATE), np.float32)
-        parts += [pause, speech]
-        total += pause.size + speech.size
-    return np.concatenate(parts)[: int(seconds * SAMPLE_RATE)]
+    return loop_speech(voice.samples, seconds, rng)
 
 
 def opus_packets(samples: np.ndarray) -> list[bytes]:

@@ -33,7 +33,6 @@ class StepStats:
     segmented: int = 0
     embeddings: int = 0
     seconds: float = 0.0
-    stride: int = 1
     skipped: int = 0  # windows left out to catch up (live only)
 
 
@@ -171,7 +170,6 @@ class Analyzer:
                         self._streams.pop(name, None)
                     self._closing -= closing
             stats.seconds = time.perf_counter() - t0
-            stats.stride = stride
             stats.skipped = skipped_now
             if self.pacer is not None:
                 self.pacer.record(stats.seconds, time.monotonic())

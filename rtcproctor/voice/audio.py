@@ -103,3 +103,20 @@ def block_rms(samples: np.ndarray, block: int) -> np.ndarray:
         return np.zeros(0, np.float32)
     frames = samples[: n * block].reshape(n, block).astype(np.float64)
     return np.sqrt(np.mean(frames * frames, axis=1)).astype(np.float32)
+
+
+def loop_speech(
+    speech: np.ndarray,
+    seconds: float,
+    rng: np.random.Generator,
+    pauses: tuple[float, float] = (0.2, 0.8),
+) -> np.ndarray:
+    """`seconds` of one speaker for benchmarks: `speech` looped from a random offset in its
+    first half, with a random pause (seconds, uniform in `pauses`) before each repeat."""
+    parts = [speech[int(rng.integers(0, max(1, speech.size // 2))) :]]
+    total = parts[0].size
+    while total < seconds * SAMPLE_RATE:
+        pause = np.zeros(int(rng.uniform(*pauses) * SAMPLE_RATE), np.float32)
+        parts += [pause, speech]
+        total += pause.size + speech.size
+    return np.concatenate(parts)[: int(seconds * SAMPLE_RATE)]

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from rtcproctor.voice.alerts import AlertType
-from rtcproctor.voice.audio import SAMPLE_RATE, load_audio
+from rtcproctor.voice.audio import SAMPLE_RATE, load_audio, loop_speech
 from rtcproctor.voice.detector import DetectorConfig
 
 SR = SAMPLE_RATE
@@ -58,14 +58,7 @@ class Corpus:
     def talk(self, speaker: str, seconds: float, rng: np.random.Generator) -> np.ndarray:
         """`seconds` of one speaker: the utterance looped from a random offset, separated
         by natural pauses (0.2-1.0 s)."""
-        utt = self.utterances[speaker]
-        parts: list[np.ndarray] = [utt[int(rng.integers(0, max(1, utt.size // 2))) :]]
-        total = parts[0].size
-        while total < seconds * SR:
-            pause = np.zeros(int(rng.uniform(0.2, 1.0) * SR), np.float32)
-            parts += [pause, utt]
-            total += pause.size + utt.size
-        return np.concatenate(parts)[: int(seconds * SR)]
+        return loop_speech(self.utterances[speaker], seconds, rng, pauses=(0.2, 1.0))
 
 
 @dataclass

@@ -172,9 +172,6 @@ class AnalysisWorker:
     def re_enroll(self, stream: str) -> None:
         self._re_enroll.append(stream)
 
-    def streams(self) -> list[str]:
-        return list(self._backlog.keys() | self._audio.keys())
-
     def backlog(self) -> dict[str, tuple[float, float]]:
         """Per stream, as `Analyzer.backlog`, counting the samples not yet shipped too."""
         out = dict(self._backlog)

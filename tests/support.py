@@ -107,14 +107,19 @@ class Server:
             time.sleep(0.25)
         raise RuntimeError("voice detection did not become ready")
 
+    def wait_shadow_peers(self, count: int, timeout: float = 60.0) -> None:
+        """Until the server holds `count` hidden peers: a student's peer connects after the
+        watchers' media may already flow, and goes away a moment after the student."""
+        deadline = time.monotonic() + timeout
+        while self.health()["shadow_peers"] != count:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"expected {count} shadow peers: {self.health()}")
+            time.sleep(0.1)
+
     def wait_no_shadow_peers(self, timeout: float = 60.0) -> None:
         """Until the hidden peers of students who left are gone (a shared server's tests
         count the peers of their own student)."""
-        deadline = time.monotonic() + timeout
-        while self.health()["shadow_peers"]:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"shadow peers left over: {self.health()}")
-            time.sleep(0.1)
+        self.wait_shadow_peers(0, timeout)
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

@@ -151,7 +151,7 @@ async def test_one_voice_raises_no_voice_alert(voice_server, voices):
     )
     try:
         events = await lines_until(proctor, lambda e: e["type"] == "media", within=60)
-        assert voice_server.health()["shadow_peers"] == 1  # the audio is being analysed
+        await asyncio.to_thread(voice_server.wait_shadow_peers, 1, 30)  # audio analysed
         await student.wait()
         # The peer is gone: the stream's last partial window is analysed at the next step.
         await asyncio.to_thread(voice_server.wait_no_shadow_peers, 10)

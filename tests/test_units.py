@@ -132,3 +132,62 @@ def test_pacer_thins_windows_when_busy_and_restores_them_when_idle():
     assert run(0.3, 10) == 2  # 0.3 → 0.45 at 1 in 2: finer
     assert run(0.35, 30) == 2  # 0.35 → 0.7 at every window: not yet
     assert run(0.2, 10) == 1
+
+
+def _scripted_detector(**overrides):
+    """A detector fed synthetic noise; the test plays the models' part (who speaks when,
+    and what their embeddings are), so the verdict logic is tested alone."""
+    import numpy as np
+
+    from rtcproctor.voice.detector import Detector, DetectorConfig
+
+    config = DetectorConfig(window=6.0, hop=1.0, **overrides)
+    det = Detector("s", config)
+    det.push(np.random.default_rng(0).normal(0, 0.05, 16_000 * 9).astype(np.float32))
+    return det, det.ready_windows()
+
+
+def _activity(spans: list[tuple[float, float]]):
+    """300 frames of 20 ms; one (start, end) span of speech per local speaker."""
+    import numpy as np
+
+    from rtcproctor.voice.segmentation import Activity
+
+    frames = np.zeros((300, 3), bool)
+    for k, (start, end) in enumerate(spans):
+        frames[int(start / 0.02) : int(end / 0.02), k] = True
+    return Activity(frames, 0.02)
+
+
+def _step(det, win, spans, vectors):
+    import numpy as np
+
+    requests = det.assess(win, _activity(spans))
+    return det.conclude(win, np.array([vectors[k] for k in win.requests])), requests
+
+
+def test_a_short_foreign_voice_alerts_only_when_a_second_window_confirms_it():
+    import numpy as np
+
+    student, other = np.eye(192, dtype=np.float32)[:2]
+    det, wins = _scripted_detector(pair_min=1.0, embed_min=1.5)
+    alerts, _ = _step(det, wins[0], [(0.0, 6.0)], [student])  # enrolls the student
+    assert alerts == [] and det.enrolled is not None
+    # 1.2 s of a voice that is not the student's, too short to trust on its own: doubt.
+    pair = [(0.0, 4.0), (4.4, 5.6)]
+    alerts, requests = _step(det, wins[1], pair, [student, other])
+    assert len(requests) == 2 and alerts == []
+    alerts, _ = _step(det, wins[2], pair, [student, other])  # seen again: alert
+    assert [str(a.type) for a in alerts] == ["multiple_voices"]
+
+
+def test_a_long_foreign_voice_alerts_at_once_and_a_short_matching_one_never():
+    import numpy as np
+
+    student, other = np.eye(192, dtype=np.float32)[:2]
+    det, wins = _scripted_detector(pair_min=1.0, embed_min=1.5)
+    _step(det, wins[0], [(0.0, 6.0)], [student])
+    alerts, _ = _step(det, wins[1], [(0.0, 4.0), (4.2, 5.9)], [student, student])
+    assert alerts == []  # 1.7 s, but the student's own voice
+    alerts, _ = _step(det, wins[2], [(0.0, 3.0), (3.4, 5.9)], [student, other])
+    assert [str(a.type) for a in alerts] == ["multiple_voices"]  # 2.5 s: no second look

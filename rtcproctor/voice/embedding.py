@@ -20,6 +20,7 @@ BUCKET = SAMPLE_RATE // 2  # crop lengths to multiples of 0.5 s so segments batc
 
 class Embedder:
     def __init__(self, models: Models, max_seconds: float = 6.0, min_seconds: float = 0.5):
+        self.models = models
         self.model = models.embedding
         self.kind = models.embedding_kind
         self.max_samples = int(max_seconds * SAMPLE_RATE)
@@ -62,9 +63,12 @@ class Embedder:
             for indices in groups.values():
                 batch = np.stack([prepared[i] for i in indices])
                 if self.kind == "campplus":
-                    emb = self.model(self._features(batch))
+                    feats = self._features(batch)
+                    with self.models.autocast():
+                        emb = self.model(feats)
                 else:
-                    emb = self.model(torch.from_numpy(batch).unsqueeze(1))
+                    with self.models.autocast():
+                        emb = self.model(torch.from_numpy(batch).unsqueeze(1))
                 emb = torch.nn.functional.normalize(emb.float(), dim=-1).numpy()
                 for j, i in enumerate(indices):
                     result[i] = emb[j]

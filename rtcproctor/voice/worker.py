@@ -83,7 +83,7 @@ def _load(threads: int, nice: int, server: int) -> str:
             os.nice(nice)
     models = load_models(threads)
     _here.analyzer = Analyzer(models=models, pacer=Pacer())
-    return f"{models.embedding_kind} models from {models.source}"
+    return f"{models.embedding_kind} models from {models.source} ({models.precision})"
 
 
 def _step(batch: Batch) -> Result:

@@ -191,3 +191,33 @@ def test_a_long_foreign_voice_alerts_at_once_and_a_short_matching_one_never():
     assert alerts == []  # 1.7 s, but the student's own voice
     alerts, _ = _step(det, wins[2], [(0.0, 3.0), (3.4, 5.9)], [student, other])
     assert [str(a.type) for a in alerts] == ["multiple_voices"]  # 2.5 s: no second look
+
+
+def test_a_thinned_stream_looks_at_every_window_while_something_is_suspicious():
+    import numpy as np
+
+    from rtcproctor.voice.detector import Detector, DetectorConfig
+
+    student, other = np.eye(192, dtype=np.float32)[:2]
+    det = Detector("s", DetectorConfig(window=6.0, hop=1.0, pair_min=1.0, embed_min=1.5))
+    det.stride = 3  # a loaded server: 1 window in 3
+    det.push(np.random.default_rng(0).normal(0, 0.05, 16_000 * 30).astype(np.float32))
+
+    def next_window():
+        return det.ready_windows(limit=1)[0]
+
+    first = next_window()
+    _step(det, first, [(0.0, 6.0)], [student])
+    second = next_window()
+    assert second.end - first.end == 3.0
+    pair = [(0.0, 4.0), (4.4, 5.6)]  # a short voice that is not the student's: doubt
+    assert _step(det, second, pair, [student, other])[0] == []
+    assert det.focused
+    third = next_window()
+    assert third.end - second.end == 1.0  # the second look comes a hop later, not three
+    alerts, _ = _step(det, third, pair, [student, other])
+    assert [str(a.type) for a in alerts] == ["multiple_voices"]
+    fourth = next_window()
+    _step(det, fourth, [(0.0, 6.0)], [student])  # the student alone again, and checked
+    assert not det.focused
+    assert next_window().end - fourth.end == 3.0

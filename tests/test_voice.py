@@ -418,9 +418,9 @@ def test_analyze_cli_missing_file(tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
 
 
-def test_thinned_pace_still_sees_two_voices_with_a_third_of_the_windows(models, sample):
+def test_thinned_pace_still_sees_two_voices_with_fewer_windows(models, sample):
     """Under load the live analyzer takes 1 window in n: the sample's second voice is
-    still found, from fewer windows."""
+    still found, from fewer windows (every window while two voices are suspected)."""
     from rtcproctor.voice.analyzer import Analyzer
     from rtcproctor.voice.pacing import Pacer
 
@@ -436,4 +436,4 @@ def test_thinned_pace_still_sees_two_voices_with_a_third_of_the_windows(models, 
         seen[stride] = analyzer.detector("s").windows_seen
         alerts[stride] = {a.type for a in found}
     assert AlertType.MULTIPLE_VOICES in alerts[1] and AlertType.MULTIPLE_VOICES in alerts[3]
-    assert seen[3] * 3 <= seen[1] + 3
+    assert seen[3] < seen[1]

@@ -178,11 +178,13 @@ def run_live(
     config: DetectorConfig,
     chunk: float | None = None,
     trace: bool = False,
+    pace: int = 1,
 ) -> RunResult:
-    """Feed every stream in lockstep, `chunk` seconds at a time, one step per chunk."""
+    """Feed every stream in lockstep, `chunk` seconds at a time, one step per chunk;
+    `pace` N analyses 1 window in N, as a loaded server does."""
     from rtcproctor.voice.analyzer import Analyzer
 
-    analyzer = Analyzer(config)
+    analyzer = Analyzer(config, stride=pace)
     step = int((chunk or config.hop) * SR)
     longest = max(x.size for x in streams.values())
     result = RunResult(audio_seconds=sum(x.size for x in streams.values()) / SR)
@@ -344,7 +346,7 @@ def run(args: argparse.Namespace) -> int:
         f"({time.perf_counter() - t0:.1f} s)"
     )
     print(f"cpu_count={os.cpu_count()} torch threads={__import__('torch').get_num_threads()}")
-    print(f"config: {config}")
+    print(f"config: {config}, pace 1 window in {getattr(args, 'pace', 1)}")
     corpus = Corpus.load(libri)
     print(f"eval: {len(corpus.utterances)} LibriSpeech speakers from {libri}")
     trials_n = 6 if args.quick else args.trials
@@ -373,7 +375,10 @@ def run(args: argparse.Namespace) -> int:
             for i, (a, b) in enumerate(_pairs(corpus, n, rng))
         ]
         run_result = run_live(
-            {t.name: t.audio for t in trials}, config, trace=getattr(args, "verbose", False)
+            {t.name: t.audio for t in trials},
+            config,
+            trace=getattr(args, "verbose", False),
+            pace=getattr(args, "pace", 1),
         )
         s = score(condition, trials, run_result, config)
         total_false += s.false_alerts

@@ -57,6 +57,14 @@ def add_bench_parser(kinds: argparse._SubParsersAction) -> argparse.ArgumentPars
         help="override a DetectorConfig field (tuning on the eval set)",
     )
     parser.add_argument("--verbose", action="store_true", help="list misses and false alerts")
+    parser.add_argument(
+        "--pace",
+        type=int,
+        choices=range(1, MAX_PACE + 1),
+        default=1,
+        metavar=f"1-{MAX_PACE}",
+        help="recall as a loaded server analyses it: 1 window in N (default 1)",
+    )
     parser.add_argument("--conditions", help="comma-separated subset of the mixture conditions")
     parser.add_argument(
         "--parts",

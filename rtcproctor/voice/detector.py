@@ -218,12 +218,21 @@ class Detector:
         # Set by a live analyzer that cannot keep up (voice.pacing): only every stride-th
         # window is analysed and identity checks are spaced out alike.
         self.stride = 1
+        self._last_mode: Mode = "none"
 
     # ---------------------------------------------------------------- audio in
     @property
     def now(self) -> float:
         """Seconds of audio received so far (the stream's clock)."""
         return self.buffer.total / SAMPLE_RATE
+
+    @property
+    def focused(self) -> bool:
+        """A second voice may be starting (two speakers or likely overlap in the last
+        window, or a mismatch awaiting its second look): the next windows are taken at
+        full pace even when the server thins them, so that thinning delays the alerts
+        of quiet streams, not the confirmation of suspicious ones."""
+        return self._suspect or bool(self._overlaps) or self._last_mode in ("pair", "overlap")
 
     def push(self, samples: np.ndarray) -> None:
         """Append 16 kHz mono float32 samples (any chunk size; lost packets: push zeros)."""
@@ -265,7 +274,10 @@ class Detector:
         more than `limit` ready, skip the oldest so that analysis catches up with now."""
         out: list[Window] = []
         total = self.buffer.total
-        hop = self._hop * self.stride
+        hop = self._hop * (1 if self.focused else self.stride)
+        if self._last_window_end:  # the pace may have changed since the last window
+            due = self._last_window_end + hop
+            self._next_end = min(self._next_end, due) if self.focused else max(self._next_end, due)
         if self._next_end - self._win < self.buffer.oldest:
             behind = self.buffer.oldest - (self._next_end - self._win)
             skip = math.ceil(behind / hop)
@@ -590,6 +602,7 @@ class Detector:
                 }
             )
         self._processed_end = max(self._processed_end, win.end)
+        self._last_mode = win.mode
         horizon = win.end - 2 * c.window
         self._history = [h for h in self._history if h[2] > horizon]
         return alerts

@@ -24,17 +24,24 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     parser.add_argument(
         "--evidence-dir", type=Path, help="write each alert's audio evidence here as WAV"
     )
+    _add_pace(
+        parser,
+        "analyse 1 window in N, as a loaded live server does: about N times faster, "
+        "fewer hand-overs caught (default 1: every window)",
+    )
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _add_pace(parser: argparse.ArgumentParser, help: str) -> None:
     parser.add_argument(
         "--pace",
         type=int,
         choices=range(1, MAX_PACE + 1),
         default=1,
         metavar=f"1-{MAX_PACE}",
-        help="analyse 1 window in N, as a loaded live server does: about N times faster, "
-        "fewer hand-overs caught (default 1: every window)",
+        help=help,
     )
-    parser.set_defaults(func=run)
-    return parser
 
 
 def add_bench_parser(kinds: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
@@ -57,14 +64,7 @@ def add_bench_parser(kinds: argparse._SubParsersAction) -> argparse.ArgumentPars
         help="override a DetectorConfig field (tuning on the eval set)",
     )
     parser.add_argument("--verbose", action="store_true", help="list misses and false alerts")
-    parser.add_argument(
-        "--pace",
-        type=int,
-        choices=range(1, MAX_PACE + 1),
-        default=1,
-        metavar=f"1-{MAX_PACE}",
-        help="recall as a loaded server analyses it: 1 window in N (default 1)",
-    )
+    _add_pace(parser, "recall as a loaded server analyses it: 1 window in N (default 1)")
     parser.add_argument("--conditions", help="comma-separated subset of the mixture conditions")
     parser.add_argument(
         "--parts",

@@ -58,8 +58,9 @@ class DetectorConfig:
     embed_min (verdict): shortest speech worth an embedding on its own; CAM++ on less is
         unreliable.
     pair_min (verdict): in a window with two local speakers, the shorter voice is embedded
-        from this much speech. Segmentation often gives a hand-over's new voice only
-        1-1.5 s per window; a mismatch on less than `embed_min` needs a second window.
+        from this much speech. Segmentation often gives a hand-over's new voice, or a
+        quiet helper, only 0.8-1.5 s per window; a mismatch on less than `embed_min`
+        needs a second window (without that, 1.0 s raised false alerts).
     same_speaker (verdict): cosine similarity at or above which a voice is the enrolled
         student (or two voices are one person, before enrollment). One threshold for every
         comparison. On the eval set, a 2.5 s piece of the student's speech scored >= 0.648
@@ -94,7 +95,7 @@ class DetectorConfig:
     overlap_sure: float = 1.0
     soft_overlap: float = 0.3
     embed_min: float = 1.5
-    pair_min: float = 1.0
+    pair_min: float = 0.8
     same_speaker: float = 0.55
     doubt_band: float = 0.1
     enroll_min: float = 3.0

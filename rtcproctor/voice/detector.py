@@ -503,7 +503,8 @@ class Detector:
         if act is None or win.mode == "none":
             pass
         elif win.mode == "overlap":
-            both = win.both if win.both is not None else act.frames.sum(axis=1) > 1
+            both = win.both
+            assert both is not None  # assess() sets it with the overlap mode
             segs = self._segments(win, both)
             overlap = float(both.sum() * act.frame_seconds)
             conf = float(np.clip(0.5 + 0.25 * (overlap - c.overlap_min), 0.5, 1.0))
@@ -527,14 +528,11 @@ class Detector:
                     for i, a in enumerate(keys)
                     for b in keys[i + 1 :]
                 ]
-            mismatch = bool(sims) and min(sims)[0] < c.same_speaker
-            worst = min(sims) if sims else None
-            short = worst is not None and any(
-                k in embs and not self._embeddable(win, k) for k in worst[1:]
-            )
-            doubtful = mismatch and self._doubt(min(sims)[0], short)
+            sim, a, b = min(sims) if sims else (1.0, -1, -1)
+            mismatch = sim < c.same_speaker
+            short = any(k in embs and not self._embeddable(win, k) for k in (a, b))
+            doubtful = mismatch and self._doubt(sim, short)
             if mismatch and not doubtful:
-                sim, a, b = min(sims)
                 second = a if a == b else (b if act.seconds()[b] <= act.seconds()[a] else a)
                 segs = self._segments(win, act.frames[:, second])
                 start = segs[0][0] if segs else win.start

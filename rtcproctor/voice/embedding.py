@@ -63,12 +63,11 @@ class Embedder:
             for indices in groups.values():
                 batch = np.stack([prepared[i] for i in indices])
                 if self.kind == "campplus":
-                    feats = self._features(batch)
-                    with self.models.autocast():
-                        emb = self.model(feats)
+                    inputs = self._features(batch)
                 else:
-                    with self.models.autocast():
-                        emb = self.model(torch.from_numpy(batch).unsqueeze(1))
+                    inputs = torch.from_numpy(batch).unsqueeze(1)
+                with self.models.autocast():
+                    emb = self.model(inputs)
                 emb = torch.nn.functional.normalize(emb.float(), dim=-1).numpy()
                 for j, i in enumerate(indices):
                     result[i] = emb[j]

@@ -221,3 +221,28 @@ def test_a_thinned_stream_looks_at_every_window_while_something_is_suspicious():
     _step(det, fourth, [(0.0, 6.0)], [student])  # the student alone again, and checked
     assert not det.focused
     assert next_window().end - fourth.end == 3.0
+
+
+def test_a_forked_detector_runs_ahead_without_touching_the_original():
+    import numpy as np
+
+    student, other = np.eye(192, dtype=np.float32)[:2]
+    det, wins = _scripted_detector(pair_min=1.0, embed_min=1.5)
+    _step(det, wins[0], [(0.0, 6.0)], [student])
+    ahead = det.fork()
+    assert ahead.buffer is det.buffer  # read only: shared, not copied
+    assert np.array_equal(ahead.expected(2, 192), np.stack([student, student]))
+    pair = [(0.0, 3.0), (3.4, 5.9)]
+    alerts, _ = _step(ahead, wins[1], pair, [student, other])
+    assert [str(a.type) for a in alerts] == ["multiple_voices"]
+    assert det.alerts == [] and det._processed_end == wins[0].end
+    alerts, _ = _step(det, wins[1], pair, [student, other])  # the original decides alike
+    assert [str(a.type) for a in alerts] == ["multiple_voices"]
+
+
+def test_the_allocator_keeps_freed_memory_where_there_is_glibc():
+    import platform
+
+    from rtcproctor.voice.allocator import keep_freed_memory
+
+    assert keep_freed_memory() is (platform.libc_ver()[0] == "glibc")

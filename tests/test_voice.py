@@ -134,6 +134,65 @@ def test_segmentation_gives_the_probability_of_overlapped_speech(models, sample)
     assert talk_over.overlap.max() > 0.5 > alone.overlap.max()
 
 
+def test_overlapping_windows_share_the_filterbank_and_decide_as_the_model(models, sample):
+    """A stream's overlapping windows are segmented as one run (SincNet's filterbank
+    computed once): the frames are the model's own, run or not, regular or thinned."""
+    import torch
+
+    from rtcproctor.voice.segmentation import Run, Segmenter
+
+    segmenter = Segmenter(models)
+    assert segmenter._staged is not None  # the bundled model is a PyanNet
+    window, hop = 6 * SR, SR
+    offsets = list(range(0, sample.size - window + 1, hop))
+    windows = np.stack([sample[o : o + window] for o in offsets])
+    with torch.inference_mode():
+        logits = models.segmentation(torch.from_numpy(windows).unsqueeze(1))
+    expected = segmenter.powerset.to_multilabel(logits, soft=False).numpy() > 0.5
+    regular = segmenter.runs([Run(sample, offsets, window)])[0]
+    thinned_at = [0, 1, 3, 7, 8]
+    thinned = segmenter.runs([Run(sample, [offsets[i] for i in thinned_at], window)])[0]
+    for got, want in (
+        (regular, expected),
+        (segmenter(windows), expected),
+        (thinned, expected[thinned_at]),
+    ):
+        frames = np.stack([a.frames for a in got])
+        assert frames.shape == want.shape
+        # bfloat16 LSTM where the CPU has it: a frame in a thousand may differ
+        assert (frames == want).mean() > 0.995
+    assert np.stack([a.frames for a in regular]).any(axis=(0, 1)).sum() >= 2  # 2 voices
+
+
+def test_running_ahead_offline_decides_as_window_by_window(models, sample, voice_b):
+    """`analyze` embeds a stream's identity checks ahead, in batches: the same alerts
+    and turns as one window at a time, in a fraction of the embedding calls."""
+    from rtcproctor.voice.analyzer import Analyzer
+    from rtcproctor.voice.offline import analyze_samples
+
+    audio = np.concatenate([sample, silence(2.0), voice_b, sample[int(21.9 * SR) :]])
+    results, calls = [], []
+    for speculate in (False, True):
+        analyzer = Analyzer(
+            replace(DetectorConfig(), keep_turns=True), models=models, speculate=speculate
+        )
+        embed, count = analyzer.embedder, [0]
+
+        def counting(segments, embed=embed, count=count):
+            count[0] += 1
+            return embed(segments)
+
+        analyzer.embedder = counting
+        results.append(analyze_samples(audio, analyzer))
+        calls.append(count[0])
+    one_by_one, ahead = results
+    assert types(one_by_one) == {AlertType.MULTIPLE_VOICES, AlertType.UNKNOWN_VOICE}
+    summary = [[(str(a.type), round(a.start), round(a.end)) for a in r.alerts] for r in results]
+    assert summary[0] == summary[1]
+    assert [t[2] for t in one_by_one.turns] == [t[2] for t in ahead.turns]
+    assert calls[1] * 2 < calls[0]
+
+
 def _pyannote_checkpoint(model, path: Path) -> None:
     """Save a pyannote.audio model as `Model.from_pretrained` reads it."""
     import lightning

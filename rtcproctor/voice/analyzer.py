@@ -8,21 +8,25 @@ voice worker process (voice.worker) with a pacer, and takes only the newest wind
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from rtcproctor.voice.alerts import Alert
+from rtcproctor.voice.audio import SAMPLE_RATE
 from rtcproctor.voice.detector import Detector, DetectorConfig, Window
 from rtcproctor.voice.embedding import Embedder
 from rtcproctor.voice.models import Models, load_models
 from rtcproctor.voice.pacing import Pacer
-from rtcproctor.voice.segmentation import Activity, Segmenter
+from rtcproctor.voice.segmentation import Activity, Run, Segmenter
 
 # Live, a stream gives at most this many windows to a step; older ones are skipped.
 LIVE_LIMIT = 2
+# A stream with this many windows in one step has its embeddings computed ahead.
+RUN_AHEAD_MIN = 3
 
 
 @dataclass
@@ -34,6 +38,17 @@ class StepStats:
     embeddings: int = 0
     seconds: float = 0.0
     skipped: int = 0  # windows left out to catch up (live only)
+
+
+@dataclass
+class Prepared:
+    """Windows taken and segmented by `Analyzer.prepare()`, for `Analyzer.decide()`."""
+
+    closing: set[str]
+    batches: list[tuple[_Stream, list[Window]]] = field(default_factory=list)
+    activities: dict[int, Activity] = field(default_factory=dict)
+    alerts: list[Alert] = field(default_factory=list)
+    stats: StepStats = field(default_factory=StepStats)
 
 
 @dataclass
@@ -54,6 +69,7 @@ class Analyzer:
         max_windows_per_stream: int | None = None,
         pacer: Pacer | None = None,
         stride: int = 1,
+        speculate: bool = True,
     ) -> None:
         self.config = config or DetectorConfig()
         self.models = models or load_models()
@@ -62,6 +78,8 @@ class Analyzer:
         self.max_windows_per_stream = max_windows_per_stream
         self.pacer = pacer  # live only: offline analysis takes every window
         self.stride = stride  # fixed pace when there is no pacer (`analyze --pace`)
+        self.speculate = speculate  # embed ahead for streams with many windows a step
+        self._dim = 0  # embedding size, once known
         self._streams: dict[str, _Stream] = {}
         self._lock = threading.Lock()  # guards the dict, not the detectors
         self._step_lock = threading.Lock()  # one step at a time
@@ -117,76 +135,204 @@ class Analyzer:
     def step(self) -> list[Alert]:
         """Analyse every ready window of every stream; new or extended alerts out."""
         with self._step_lock:
-            t0 = time.perf_counter()
+            return self.decide(self.prepare())
+
+    def prepare(self) -> Prepared:
+        """The first half of a step: take every stream's ready windows and segment them.
+        Offline, it runs on one core while `decide()` concludes the previous batch on the
+        other (voice.offline); every other caller uses `step()`."""
+        t0 = time.perf_counter()
+        with self._lock:
+            entries = list(self._streams.items())
+            closing = set(self._closing)
+        out = Prepared(closing=closing)
+        stride = self.pacer.stride if self.pacer is not None else self.stride
+        for name, entry in entries:
+            with entry.lock:
+                det = entry.detector
+                det.stride = stride
+                skipped = det.windows_skipped
+                if name in closing:
+                    wins = det.finish()
+                elif self.pacer is not None:  # live: the present matters, not the backlog
+                    wins = det.ready_windows(self.max_windows_per_stream or LIVE_LIMIT, True)
+                else:
+                    wins = det.ready_windows(self.max_windows_per_stream)
+                out.stats.skipped += det.windows_skipped - skipped
+                out.alerts += det.poll_silence() if name not in closing else []
+            if wins:
+                entry.taken = wins[-1].end
+                out.batches.append((entry, wins))
+        out.stats.windows = sum(len(w) for _, w in out.batches)
+        out.activities = self._segment([w for _, wins in out.batches for w in wins])
+        out.stats.segmented = len(out.activities)
+        out.stats.seconds = time.perf_counter() - t0
+        return out
+
+    def decide(self, prepared: Prepared) -> list[Alert]:
+        """The second half of a step: verdicts for the prepared windows, in order."""
+        t0 = time.perf_counter()
+        stats, activities, alerts = prepared.stats, prepared.activities, prepared.alerts
+        # Decisions depend on the previous window's outcome, so each stream's windows
+        # go in order. A stream with many windows in this step runs ahead on its own;
+        # the others go in rounds, one window each, batching embeddings across them.
+        short: list[tuple[_Stream, list[Window]]] = []
+        for entry, wins in prepared.batches:
+            if self.speculate and len(wins) >= RUN_AHEAD_MIN:
+                alerts += self._run_ahead(entry, wins, activities, stats)
+            else:
+                short.append((entry, wins))
+        rounds = max((len(w) for _, w in short), default=0)
+        for r in range(rounds):
+            todo: list[tuple[_Stream, Window, list[np.ndarray]]] = []
+            for entry, wins in short:
+                if r < len(wins):
+                    win = wins[r]
+                    with entry.lock:
+                        requests = entry.detector.assess(win, activities.get(id(win)))
+                    todo.append((entry, win, requests))
+            segments = [s for _, _, reqs in todo for s in reqs]
+            vectors = self._vectors(self.embedder(segments) if segments else None)
+            stats.embeddings += len(segments)
+            i = 0
+            for entry, win, reqs in todo:
+                with entry.lock:
+                    alerts += entry.detector.conclude(win, vectors[i : i + len(reqs)])
+                    entry.analysed = max(entry.analysed, win.end)
+                i += len(reqs)
+        if prepared.closing:
             with self._lock:
-                entries = list(self._streams.items())
-                closing = set(self._closing)
-            batches: list[tuple[_Stream, list[Window]]] = []
-            alerts: list[Alert] = []
-            stride = self.pacer.stride if self.pacer is not None else self.stride
-            skipped_now = 0
-            for name, entry in entries:
+                for name in prepared.closing:
+                    self._streams.pop(name, None)
+                self._closing -= prepared.closing
+        stats.seconds += time.perf_counter() - t0
+        if self.pacer is not None:
+            self.pacer.record(stats.seconds, time.monotonic())
+        self.last = stats
+        return alerts
+
+    def _run_ahead(
+        self,
+        entry: _Stream,
+        wins: list[Window],
+        activities: dict[int, Activity],
+        stats: StepStats,
+    ) -> list[Alert]:
+        """Conclude a stream's many windows, embedding ahead in batches.
+
+        Each window's decisions depend on the last one's, so a stream's identity checks
+        come one at a time, and one embedding alone costs two to three times its share
+        of a batch: offline, where a step holds a minute of one stream, that was most of
+        `analyze`'s time. So a fork of the detector runs the remaining windows ahead,
+        assuming that every voice it embeds is the one it expects (the student: true but
+        for a few windows an hour), and every segment it asks for is embedded in one
+        batch. The real pass takes its embeddings from there; at the first segment the
+        fork did not foresee, it embeds what it lacks and the fork starts again from the
+        real state. The decisions are those of the window-by-window pass.
+        """
+        alerts: list[Alert] = []
+        ready: dict[bytes, np.ndarray] = {}
+        i = 0
+        while i < len(wins):
+            with entry.lock:
+                ahead = entry.detector.fork()
+            wanted: dict[bytes, np.ndarray] = {}
+            for win in wins[i:]:
+                trial = replace(win, speakers=[], links={}, requests=[])
+                segments = ahead.assess(trial, activities.get(id(win)))
+                for seg in segments:
+                    if (key := _key(seg)) not in ready:
+                        wanted.setdefault(key, seg)
+                ahead.conclude(trial, ahead.expected(len(segments), self._dim or 192))
+            if wanted:
+                ready.update(
+                    zip(wanted, self._vectors(self.embedder(list(wanted.values()))), strict=True)
+                )
+                stats.embeddings += len(wanted)
+            while i < len(wins):
+                win = wins[i]
+                i += 1
                 with entry.lock:
                     det = entry.detector
-                    det.stride = stride
-                    skipped = det.windows_skipped
-                    if name in closing:
-                        wins = det.finish()
-                    elif self.pacer is not None:  # live: the present matters, not the backlog
-                        wins = det.ready_windows(self.max_windows_per_stream or LIVE_LIMIT, True)
-                    else:
-                        wins = det.ready_windows(self.max_windows_per_stream)
-                    skipped_now += det.windows_skipped - skipped
-                    alerts += det.poll_silence() if name not in closing else []
-                if wins:
-                    entry.taken = wins[-1].end
-                    batches.append((entry, wins))
-            stats = StepStats(windows=sum(len(w) for _, w in batches))
-            activities = self._segment([w for _, wins in batches for w in wins])
-            stats.segmented = len(activities)
-            # Decisions depend on the previous window's outcome: process each stream's
-            # windows in order, in rounds, batching embeddings across streams per round.
-            rounds = max((len(w) for _, w in batches), default=0)
-            for r in range(rounds):
-                todo: list[tuple[_Stream, Window, list[np.ndarray]]] = []
-                for entry, wins in batches:
-                    if r < len(wins):
-                        win = wins[r]
-                        with entry.lock:
-                            requests = entry.detector.assess(win, activities.get(id(win)))
-                        todo.append((entry, win, requests))
-                segments = [s for _, _, reqs in todo for s in reqs]
-                vectors = self.embedder(segments) if segments else np.zeros((0, 192))
-                stats.embeddings += len(segments)
-                i = 0
-                for entry, win, reqs in todo:
-                    with entry.lock:
-                        alerts += entry.detector.conclude(win, vectors[i : i + len(reqs)])
-                        entry.analysed = max(entry.analysed, win.end)
-                    i += len(reqs)
-            if closing:
-                with self._lock:
-                    for name in closing:
-                        self._streams.pop(name, None)
-                    self._closing -= closing
-            stats.seconds = time.perf_counter() - t0
-            stats.skipped = skipped_now
-            if self.pacer is not None:
-                self.pacer.record(stats.seconds, time.monotonic())
-            self.last = stats
-            return alerts
+                    segments = det.assess(win, activities.get(id(win)))
+                    keys = [_key(seg) for seg in segments]
+                    missing = [seg for seg, k in zip(segments, keys, strict=True) if k not in ready]
+                    if missing:
+                        ready.update(zip(map(_key, missing), self.embedder(missing), strict=True))
+                        stats.embeddings += len(missing)
+                    vectors = self._vectors(np.stack([ready[k] for k in keys]) if keys else None)
+                    alerts += det.conclude(win, vectors)
+                    entry.analysed = max(entry.analysed, win.end)
+                if missing:
+                    break  # the fork went another way from here: fork again
+        return alerts
+
+    def _vectors(self, vectors: np.ndarray | None) -> np.ndarray:
+        """Embeddings as computed (their size noted), or none of the known size."""
+        if vectors is None:
+            return np.zeros((0, self._dim or 192), np.float32)
+        self._dim = int(vectors.shape[1])
+        return vectors
 
     def _segment(self, windows: list[Window]) -> dict[int, Activity]:
-        """Segmentation for every non-silent window, batched by window length."""
-        todo = [w for w in windows if not w.silent]
+        """Segmentation for every non-silent window, batched by window length; each
+        stream's overlapping windows go as one run (see voice.segmentation)."""
+        by_len: dict[int, list[tuple[Run, list[Window]]]] = {}
+        for run, wins in _runs([w for w in windows if not w.silent]):
+            by_len.setdefault(run.window, []).append((run, wins))
         out: dict[int, Activity] = {}
-        if not todo:
-            return out
-        by_len: dict[int, list[Window]] = {}
-        for w in todo:
-            by_len.setdefault(w.samples.size, []).append(w)
         for group in by_len.values():
-            acts = self.segmenter(np.stack([w.samples for w in group]))
-            for w, a in zip(group, acts, strict=True):
-                out[id(w)] = a
+            results = self.segmenter.runs([run for run, _ in group])
+            for (_, wins), acts in zip(group, results, strict=True):
+                for w, a in zip(wins, acts, strict=True):
+                    out[id(w)] = a
         return out
+
+
+def _runs(windows: list[Window]) -> list[tuple[Run, list[Window]]]:
+    """Consecutive windows of one stream that overlap (same length, samples that agree)
+    joined into runs over their common stretch of audio; any other window alone."""
+    out: list[tuple[Run, list[Window]]] = []
+    current: list[Window] = []
+    parts: list[np.ndarray] = []
+    offsets: list[int] = []
+
+    def flush() -> None:
+        if current:
+            out.append(
+                (
+                    Run(np.concatenate(parts), offsets.copy(), current[0].samples.size),
+                    current.copy(),
+                )
+            )
+        current.clear()
+        parts.clear()
+        offsets.clear()
+
+    for w in windows:
+        if current:
+            prev = current[-1]
+            shift = round((w.start - prev.start) * SAMPLE_RATE)
+            size = w.samples.size
+            if (
+                w.stream != prev.stream
+                or size != prev.samples.size
+                or not 0 < shift < size
+                or not np.array_equal(w.samples[: size - shift], prev.samples[shift:])
+            ):
+                flush()
+            else:
+                parts.append(w.samples[size - shift :])
+                offsets.append(offsets[-1] + shift)
+                current.append(w)
+                continue
+        current.append(w)
+        parts.append(w.samples)
+        offsets.append(0)
+    flush()
+    return out
+
+
+def _key(segment: np.ndarray) -> bytes:
+    """Identifies a segment's samples (the run-ahead and the real pass cut the same ones)."""
+    return hashlib.blake2b(np.ascontiguousarray(segment).tobytes(), digest_size=16).digest()

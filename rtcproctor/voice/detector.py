@@ -19,6 +19,7 @@ The detector never runs a model itself: `ready_windows()` hands windows to an
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 from typing import Literal
@@ -303,6 +304,22 @@ class Detector:
             out.append(self._make_window(total, final=True))
         self.finished = True
         return out
+
+    # ---------------------------------------------------------------- speculation
+    def fork(self) -> Detector:
+        """A copy to run decisions ahead on (see Analyzer): it shares the audio buffer,
+        which it only reads, and starts with no alert history, turns or trace."""
+        memo: dict[int, object] = {id(self.buffer): self.buffer, id(self.alerts): []}
+        memo[id(self.turns)] = []
+        if self.trace is not None:
+            memo[id(self.trace)] = None
+        return copy.deepcopy(self, memo)
+
+    def expected(self, count: int, dim: int) -> np.ndarray:
+        """`count` embeddings of the voice the detector expects to hear: the enrolled
+        student's (any fixed voice before enrollment)."""
+        voice = self.enrolled if self.enrolled is not None else np.full(dim, dim**-0.5)
+        return np.tile(np.asarray(voice, np.float32), (count, 1))
 
     # ---------------------------------------------------------------- verdicts
     def _segments(self, win: Window, mask: np.ndarray) -> list[tuple[float, float]]:

@@ -18,6 +18,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from rtcproctor.voice.allocator import keep_freed_memory
+
 # Exam audio: pyannote telemetry stays off unless the admin explicitly turns it on.
 os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")
 
@@ -42,7 +44,8 @@ class Models:
     precision: str = "float32"  # "float32" | "bfloat16" (autocast)
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        """The context the embedding network runs in: bfloat16 autocast if chosen."""
+        """The context the embedding network and the segmentation's LSTM run in:
+        bfloat16 autocast if chosen."""
         if self.precision != "bfloat16":
             return contextlib.nullcontext()
         import torch
@@ -183,6 +186,7 @@ def load_models(threads: int | None = None) -> Models:
         if _cached is None:
             precision = resolve_precision()
             _set_threads(threads)
+            keep_freed_memory()
             override = os.environ.get(PIPELINE_ENV)
             if override:
                 _cached = load_pipeline_models(pipeline_folder(override))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from rtcproctor.voice.alerts import Alert
-from rtcproctor.voice.analyzer import Analyzer
+from rtcproctor.voice.analyzer import Analyzer, Prepared
 from rtcproctor.voice.audio import SAMPLE_RATE, load_audio
 from rtcproctor.voice.detector import DetectorConfig
 
@@ -39,13 +40,51 @@ def analyze_samples(
         analyzer = Analyzer(replace(DetectorConfig(), keep_turns=True))
     det = analyzer.detector(stream)
     chunk = max(1, int(chunk_seconds * SAMPLE_RATE))
-    for i in range(0, samples.size, chunk):
-        analyzer.submit(stream, samples[i : i + chunk])
+    parts = [samples[i : i + chunk] for i in range(0, samples.size, chunk)]
+    if _overlapping(analyzer):
+        _two_stages(analyzer, stream, parts)
+    else:
+        for part in parts:
+            analyzer.submit(stream, part)
+            analyzer.step()
+        analyzer.close(stream)
         analyzer.step()
-    analyzer.close(stream)
-    analyzer.step()
     alerts = sorted({a.id: a for a in det.alerts}.values(), key=lambda a: a.start)
     return Analysis(samples.size / SAMPLE_RATE, alerts, det.speaker_turns())
+
+
+def _overlapping(analyzer: Analyzer) -> bool:
+    """Segment the next chunk while the last one is decided: with two cores or more, at
+    full pace (a thinned pace chooses its next window from the last verdict)."""
+    import torch
+
+    return torch.get_num_threads() > 1 and analyzer.stride == 1 and analyzer.pacer is None
+
+
+def _two_stages(analyzer: Analyzer, stream: str, parts: list[np.ndarray]) -> None:
+    """Segmentation of chunk k+1 on one core while chunk k is decided on another.
+
+    Both stages are sequences of small operations that two intra-op threads speed up by
+    only 1.4x; two single-threaded stages side by side use both cores fully."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(1, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            pending: Prepared | None = None
+            for part in [*parts, None]:
+                if part is None:
+                    analyzer.close(stream)
+                else:
+                    analyzer.submit(stream, part)
+                future = pool.submit(analyzer.prepare)
+                if pending is not None:
+                    analyzer.decide(pending)
+                pending = future.result()
+            analyzer.decide(pending)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def analyze_file(path: str | Path, analyzer: Analyzer | None = None, pace: int = 1) -> Analysis:

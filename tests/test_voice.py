@@ -164,15 +164,19 @@ def test_overlapping_windows_share_the_filterbank_and_decide_as_the_model(models
     assert np.stack([a.frames for a in regular]).any(axis=(0, 1)).sum() >= 2  # 2 voices
 
 
-def test_running_ahead_offline_decides_as_window_by_window(models, sample, voice_b):
-    """`analyze` embeds a stream's identity checks ahead, in batches: the same alerts
-    and turns as one window at a time, in a fraction of the embedding calls."""
+def test_analyze_in_two_stages_running_ahead_decides_as_window_by_window(models, sample, voice_b):
+    """`analyze` segments on one core while it decides on the other, and embeds a
+    stream's identity checks ahead in batches: the same alerts and turns as one step,
+    one window at a time, in a fraction of the embedding calls."""
+    import torch
+
     from rtcproctor.voice.analyzer import Analyzer
     from rtcproctor.voice.offline import analyze_samples
 
     audio = np.concatenate([sample, silence(2.0), voice_b, sample[int(21.9 * SR) :]])
     results, calls = [], []
-    for speculate in (False, True):
+    threads = torch.get_num_threads()
+    for speculate, stages in ((False, 1), (True, 2)):
         analyzer = Analyzer(
             replace(DetectorConfig(), keep_turns=True), models=models, speculate=speculate
         )
@@ -183,7 +187,11 @@ def test_running_ahead_offline_decides_as_window_by_window(models, sample, voice
             return embed(segments)
 
         analyzer.embedder = counting
-        results.append(analyze_samples(audio, analyzer))
+        torch.set_num_threads(stages)  # one thread: one stage
+        try:
+            results.append(analyze_samples(audio, analyzer))
+        finally:
+            torch.set_num_threads(threads)
         calls.append(count[0])
     one_by_one, ahead = results
     assert types(one_by_one) == {AlertType.MULTIPLE_VOICES, AlertType.UNKNOWN_VOICE}

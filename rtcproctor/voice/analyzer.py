@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 import numpy as np
 
@@ -49,6 +51,7 @@ class Prepared:
     activities: dict[int, Activity] = field(default_factory=dict)
     alerts: list[Alert] = field(default_factory=list)
     stats: StepStats = field(default_factory=StepStats)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
 @dataclass
@@ -138,9 +141,16 @@ class Analyzer:
             return self.decide(self.prepare())
 
     def prepare(self) -> Prepared:
-        """The first half of a step: take every stream's ready windows and segment them.
-        Offline, it runs on one core while `decide()` concludes the previous batch on the
-        other (voice.offline); every other caller uses `step()`."""
+        """The first half of a step: take every stream's ready windows and segment them."""
+        prepared = self.take()
+        for job in self.segmentation_jobs(prepared):
+            job()
+        return prepared
+
+    def take(self) -> Prepared:
+        """Every stream's ready windows, not yet segmented. Offline analysis segments
+        them (`segmentation_jobs`) on one core while `decide()` concludes the previous
+        ones on the other (voice.offline); every other caller uses `step()`."""
         t0 = time.perf_counter()
         with self._lock:
             entries = list(self._streams.items())
@@ -164,10 +174,39 @@ class Analyzer:
                 entry.taken = wins[-1].end
                 out.batches.append((entry, wins))
         out.stats.windows = sum(len(w) for _, w in out.batches)
-        out.activities = self._segment([w for _, wins in out.batches for w in wins])
-        out.stats.segmented = len(out.activities)
         out.stats.seconds = time.perf_counter() - t0
         return out
+
+    def segmentation_jobs(
+        self, prepared: Prepared, windows_per_job: int | None = None
+    ) -> list[Callable[[], None]]:
+        """Calls that segment the prepared windows (every non-silent one), each at most
+        `windows_per_job` of them, batched by window length; each stream's overlapping
+        windows go as runs (see voice.segmentation). Any thread may run any of them."""
+        todo = [w for _, wins in prepared.batches for w in wins if not w.silent]
+        by_len: dict[int, list[tuple[Run, list[Window]]]] = {}
+        for run, wins in _runs(todo, windows_per_job):
+            by_len.setdefault(run.window, []).append((run, wins))
+        limit = windows_per_job or len(todo) or 1
+        groups: list[list[tuple[Run, list[Window]]]] = []
+        for runs in by_len.values():
+            groups.append([])
+            for run, wins in runs:
+                if sum(len(w) for _, w in groups[-1]) + len(wins) > limit:
+                    groups.append([])
+                groups[-1].append((run, wins))
+
+        def job(group: list[tuple[Run, list[Window]]]) -> None:
+            t0 = time.perf_counter()
+            results = self.segmenter.runs([run for run, _ in group])
+            for (_, wins), acts in zip(group, results, strict=True):
+                for w, a in zip(wins, acts, strict=True):
+                    prepared.activities[id(w)] = a
+            with prepared.lock:
+                prepared.stats.segmented += sum(len(w) for _, w in group)
+                prepared.stats.seconds += time.perf_counter() - t0
+
+        return [partial(job, group) for group in groups if group]
 
     def decide(self, prepared: Prepared) -> list[Alert]:
         """The second half of a step: verdicts for the prepared windows, in order."""
@@ -274,24 +313,11 @@ class Analyzer:
         self._dim = int(vectors.shape[1])
         return vectors
 
-    def _segment(self, windows: list[Window]) -> dict[int, Activity]:
-        """Segmentation for every non-silent window, batched by window length; each
-        stream's overlapping windows go as one run (see voice.segmentation)."""
-        by_len: dict[int, list[tuple[Run, list[Window]]]] = {}
-        for run, wins in _runs([w for w in windows if not w.silent]):
-            by_len.setdefault(run.window, []).append((run, wins))
-        out: dict[int, Activity] = {}
-        for group in by_len.values():
-            results = self.segmenter.runs([run for run, _ in group])
-            for (_, wins), acts in zip(group, results, strict=True):
-                for w, a in zip(wins, acts, strict=True):
-                    out[id(w)] = a
-        return out
 
-
-def _runs(windows: list[Window]) -> list[tuple[Run, list[Window]]]:
+def _runs(windows: list[Window], limit: int | None = None) -> list[tuple[Run, list[Window]]]:
     """Consecutive windows of one stream that overlap (same length, samples that agree)
-    joined into runs over their common stretch of audio; any other window alone."""
+    joined into runs (of at most `limit` windows) over their common stretch of audio;
+    any other window alone."""
     out: list[tuple[Run, list[Window]]] = []
     current: list[Window] = []
     parts: list[np.ndarray] = []
@@ -310,6 +336,8 @@ def _runs(windows: list[Window]) -> list[tuple[Run, list[Window]]]:
         offsets.clear()
 
     for w in windows:
+        if limit is not None and len(current) >= limit:
+            flush()
         if current:
             prev = current[-1]
             shift = round((w.start - prev.start) * SAMPLE_RATE)

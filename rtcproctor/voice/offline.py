@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,6 +30,11 @@ class Analysis:
         }
 
 
+# Windows per segmentation job: small enough for the two threads to share a chunk's
+# segmentation evenly, large enough to batch well.
+JOB_WINDOWS = 5
+
+
 def analyze_samples(
     samples: np.ndarray,
     analyzer: Analyzer | None = None,
@@ -39,6 +46,10 @@ def analyze_samples(
     if analyzer is None:
         analyzer = Analyzer(replace(DetectorConfig(), keep_turns=True))
     det = analyzer.detector(stream)
+    c = analyzer.config
+    # Two stages hold two chunks at once, and a window's evidence reaches back a few
+    # seconds before it: all of that must still be in the ring buffer.
+    chunk_seconds = min(chunk_seconds, (c.buffer_seconds - c.window - 2 * c.evidence_pad) / 2)
     chunk = max(1, int(chunk_seconds * SAMPLE_RATE))
     parts = [samples[i : i + chunk] for i in range(0, samples.size, chunk)]
     if _overlapping(analyzer):
@@ -62,10 +73,11 @@ def _overlapping(analyzer: Analyzer) -> bool:
 
 
 def _two_stages(analyzer: Analyzer, stream: str, parts: list[np.ndarray]) -> None:
-    """Segmentation of chunk k+1 on one core while chunk k is decided on another.
+    """Chunk k+1 is segmented on one core while chunk k is decided on the other, which
+    then helps with what segmentation is left.
 
     Both stages are sequences of small operations that two intra-op threads speed up by
-    only 1.4x; two single-threaded stages side by side use both cores fully."""
+    only 1.4x; two single-threaded workers side by side use both cores fully."""
     import torch
 
     threads = torch.get_num_threads()
@@ -78,13 +90,33 @@ def _two_stages(analyzer: Analyzer, stream: str, parts: list[np.ndarray]) -> Non
                     analyzer.close(stream)
                 else:
                     analyzer.submit(stream, part)
-                future = pool.submit(analyzer.prepare)
+                taken = analyzer.take()
+                jobs = _Jobs(analyzer.segmentation_jobs(taken, JOB_WINDOWS))
+                helper = pool.submit(jobs.run)
                 if pending is not None:
                     analyzer.decide(pending)
-                pending = future.result()
+                jobs.run()
+                helper.result()
+                pending = taken
             analyzer.decide(pending)
     finally:
         torch.set_num_threads(threads)
+
+
+class _Jobs:
+    """Calls that any of several threads may take, each once."""
+
+    def __init__(self, jobs: list[Callable[[], None]]) -> None:
+        self._jobs = iter(jobs)
+        self._lock = threading.Lock()
+
+    def run(self) -> None:
+        while True:
+            with self._lock:
+                job = next(self._jobs, None)
+            if job is None:
+                return
+            job()
 
 
 def analyze_file(path: str | Path, analyzer: Analyzer | None = None, pace: int = 1) -> Analysis:

@@ -39,17 +39,19 @@ def analyze_samples(
     samples: np.ndarray,
     analyzer: Analyzer | None = None,
     stream: str = "file",
-    chunk_seconds: float = 20.0,
+    chunk_seconds: float | None = None,
 ) -> Analysis:
-    """Feed `samples` (16 kHz mono) as if live, `chunk_seconds` at a time, stepping the
-    analyzer after each chunk (the chunk size only changes batching, not verdicts)."""
+    """Feed `samples` (16 kHz mono) as if live, `chunk_seconds` at a time (by default as
+    much as the ring buffer allows), stepping the analyzer after each chunk (the chunk
+    size only changes batching, not verdicts)."""
     if analyzer is None:
         analyzer = Analyzer(replace(DetectorConfig(), keep_turns=True))
     det = analyzer.detector(stream)
     c = analyzer.config
     # Two stages hold two chunks at once, and a window's evidence reaches back a few
     # seconds before it: all of that must still be in the ring buffer.
-    chunk_seconds = min(chunk_seconds, (c.buffer_seconds - c.window - 2 * c.evidence_pad) / 2)
+    most = max(c.hop, (c.buffer_seconds - c.window - 2 * c.evidence_pad) / 2)
+    chunk_seconds = min(chunk_seconds or most, most)
     chunk = max(1, int(chunk_seconds * SAMPLE_RATE))
     parts = [samples[i : i + chunk] for i in range(0, samples.size, chunk)]
     if _overlapping(analyzer):
@@ -120,7 +122,11 @@ class _Jobs:
 
 
 def analyze_file(path: str | Path, analyzer: Analyzer | None = None, pace: int = 1) -> Analysis:
-    """`pace` N: 1 window in N, as a live server under load (ignored with `analyzer`)."""
-    if analyzer is None:
-        analyzer = Analyzer(replace(DetectorConfig(), keep_turns=True), stride=pace)
-    return analyze_samples(load_audio(path), analyzer, stream=Path(path).stem)
+    """`pace` N: 1 window in N, as a live server under load (ignored with `analyzer`).
+    The file is decoded while the models load."""
+    with ThreadPoolExecutor(1) as pool:
+        audio = pool.submit(load_audio, path)
+        if analyzer is None:
+            analyzer = Analyzer(replace(DetectorConfig(), keep_turns=True), stride=pace)
+        samples = audio.result()
+    return analyze_samples(samples, analyzer, stream=Path(path).stem)

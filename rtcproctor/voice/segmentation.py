@@ -94,7 +94,7 @@ class _Staged:
         )
 
     def filterbank(self, run: Run) -> Any:
-        """SincNet's normalised filterbank output, (windows, 80, frames), for `run`."""
+        """SincNet's rectified filterbank output, (windows, 80, frames), for `run`."""
         import torch
         import torch.nn.functional as F
 
@@ -118,15 +118,14 @@ class _Staged:
         var, mean = torch.var_mean(waves, dim=1, unbiased=False)
         scale = (self.gain / torch.sqrt(var + self.eps)).view(-1, 1, 1)
         shift = (self.bias - scale * mean.view(-1, 1, 1)) * self.sums
-        return torch.addcmul(shift, raw, scale)
+        return torch.addcmul(shift, raw, scale).abs_()  # SincNet rectifies its filterbank
 
     def rest(self, filtered: Any) -> Any:
-        """(batch, 80, frames) filterbank output -> (batch, frames', classes) log-probs."""
-        import torch
+        """(batch, 80, frames) rectified filterbank -> (batch, frames', classes) log-probs."""
         import torch.nn.functional as F
 
         s, m = self.sincnet, self.model
-        out = F.leaky_relu(s.norm1d[0](s.pool1d[0](torch.abs(filtered))))
+        out = F.leaky_relu(s.norm1d[0](s.pool1d[0](filtered)))
         for conv, pool, norm in zip(s.conv1d[1:], s.pool1d[1:], s.norm1d[1:], strict=True):
             out = F.leaky_relu(norm(pool(conv(out))))
         # Only the LSTM (half the cost) in bfloat16 where chosen: the whole model in
@@ -142,7 +141,7 @@ class _Staged:
 class Segmenter:
     """Batched sliding-window segmentation; `max_batch` bounds memory per forward pass."""
 
-    def __init__(self, models: Models, max_batch: int = 32) -> None:
+    def __init__(self, models: Models, max_batch: int = 16) -> None:
         from pyannote.audio.utils.powerset import Powerset
 
         self.model = models.segmentation

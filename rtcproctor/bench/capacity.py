@@ -147,6 +147,7 @@ class Run:
     worst_loss: float | None = None
     episodes: list[Episode] = field(default_factory=list)
     false_alerts: int = 0
+    false_details: list[str] = field(default_factory=list)  # what each false alert was
     single_hours: float = 0.0
     mic_silent: int = 0
     started: float = 0.0  # wall clock at the window's start
@@ -422,6 +423,12 @@ class Capacity:
                     silent.add(ident)
                 elif ident not in seen and at < first_onset.get(code, 1e18):
                     seen.add(ident)
+                    helper = "helper's student" if code in first_onset else "single voice"
+                    self.run.false_details.append(
+                        f"{alert.get('type')} on a {helper}, "
+                        f"{float(alert.get('end', 0)) - float(alert.get('start', 0)):.1f} s "
+                        f"long, confidence {alert.get('confidence', 0):.2f}"
+                    )
         self.run.false_alerts, self.run.mic_silent = len(seen), len(silent)
         end = time.time()
         single = 0.0
@@ -501,6 +508,7 @@ def figures(cap: Capacity) -> dict[str, Any]:
         "alerts": latency_figures(run.episodes),
         "miss_after_s": args.miss_after,
         "false_voice_alerts": run.false_alerts,
+        "false_voice_alert_details": run.false_details,
         "single_voice_hours": round(run.single_hours, 3),
         "mic_silent_alerts": run.mic_silent,
         "servers": [],
@@ -692,6 +700,8 @@ def print_report(out: dict[str, Any], own_server: bool) -> None:
         f"  false      {out['false_voice_alerts']} voice alerts on {hours:.2f} h "
         f"of single-voice audio; {out['mic_silent_alerts']} mic_silent alerts"
     )
+    for detail in out["false_voice_alert_details"]:
+        p(f"             {detail}")
     checks = out["real_time"]
     p(
         "  criteria   "

@@ -261,13 +261,14 @@ class Analyzer:
 
         Each window's decisions depend on the last one's, so a stream's identity checks
         come one at a time, and one embedding alone costs two to three times its share
-        of a batch: offline, where a step holds a minute of one stream, that was most of
+        of a batch: offline, where a step holds 39 s of one stream, that was most of
         `analyze`'s time. So a fork of the detector runs the remaining windows ahead,
         assuming that every voice it embeds is the one it expects (the student: true but
         for a few windows an hour), and every segment it asks for is embedded in one
         batch. The real pass takes its embeddings from there; at the first segment the
         fork did not foresee, it embeds what it lacks and the fork starts again from the
-        real state. The decisions are those of the window-by-window pass.
+        real state. The decisions are those of the window-by-window pass (up to the
+        last digits of batched arithmetic; a test compares them).
         """
         alerts: list[Alert] = []
         ready: dict[bytes, np.ndarray] = {}

@@ -76,8 +76,13 @@ def check_external_code(code: str) -> str:
 
 
 def generate_key() -> str:
-    """A proctor key: 128 random bits, URL-safe."""
-    return secrets.token_urlsafe(16)
+    """A proctor key: 128 random bits, URL-safe, never starting with "-": one key in 64
+    did, and a command line then read `--key -Xyz…` as an option (`rtcproctor codes`
+    and `report` exited with a usage error)."""
+    while True:
+        key = secrets.token_urlsafe(16)
+        if not key.startswith("-"):
+            return key
 
 
 def digest(secret: str) -> str:

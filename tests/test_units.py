@@ -46,6 +46,13 @@ def test_keys_are_digested_not_kept():
     assert len(key) >= 22 and codes.digest(key) != key and len(codes.digest(key)) == 64
 
 
+def test_keys_never_look_like_a_command_line_option():
+    keys = {codes.generate_key() for _ in range(3000)}  # about 47 would start with "-"
+    assert len(keys) == 3000
+    assert not any(k.startswith("-") for k in keys)
+    assert any("-" in k for k in keys) and all(len(k) == 22 for k in keys)
+
+
 def test_token_bucket_allows_burst_then_waits():
     bucket = TokenBucket(rate=1.0, burst=3)
     assert [bucket.take() for _ in range(3)] == [0.0, 0.0, 0.0]

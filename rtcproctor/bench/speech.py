@@ -151,8 +151,17 @@ def _level(x: np.ndarray, dbfs: float) -> np.ndarray:
 
 
 def talk(voice: Voice, seconds: float, rng: np.random.Generator) -> np.ndarray:
-    """`seconds` of one speaker: their speech looped from a random offset, with short pauses."""
-    return loop_speech(voice.samples, seconds, rng)
+    """`seconds` of one speaker to be replayed in a loop: their speech looped from a random
+    offset, with short pauses, and a pause where the clip wraps around. Without it every
+    wrap spliced two cuts through words, a sound no microphone makes, which the detector
+    now and then took for a second voice."""
+    pause = int(rng.uniform(0.3, 0.8) * SAMPLE_RATE)
+    speech = loop_speech(voice.samples, seconds - pause / SAMPLE_RATE, rng)
+    fade = min(speech.size // 2, SAMPLE_RATE // 50)  # 20 ms: no click at either cut
+    ramp = np.linspace(0.0, 1.0, fade, dtype=np.float32)
+    speech[:fade] *= ramp
+    speech[speech.size - fade :] *= ramp[::-1]
+    return np.concatenate([speech, np.zeros(int(seconds * SAMPLE_RATE) - speech.size, np.float32)])
 
 
 def opus_packets(samples: np.ndarray) -> list[bytes]:

@@ -182,11 +182,14 @@ def test_analyze_in_two_stages_running_ahead_decides_as_window_by_window(models,
         )
         embed, count = analyzer.embedder, [0]
 
-        def counting(segments, embed=embed, count=count):
-            count[0] += 1
-            return embed(segments)
+        class Counting:
+            dim = embed.dim
 
-        analyzer.embedder = counting
+            def __call__(self, segments, embed=embed, count=count):
+                count[0] += 1
+                return embed(segments)
+
+        analyzer.embedder = Counting()
         torch.set_num_threads(stages)  # one thread: one stage
         try:
             results.append(analyze_samples(audio, analyzer))

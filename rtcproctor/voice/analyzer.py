@@ -82,7 +82,6 @@ class Analyzer:
         self.pacer = pacer  # live only: offline analysis takes every window
         self.stride = stride  # fixed pace when there is no pacer (`analyze --pace`)
         self.speculate = speculate  # embed ahead for streams with many windows a step
-        self._dim = 0  # embedding size, once known
         self._streams: dict[str, _Stream] = {}
         self._lock = threading.Lock()  # guards the dict, not the detectors
         self._step_lock = threading.Lock()  # one step at a time
@@ -190,11 +189,13 @@ class Analyzer:
         limit = windows_per_job or len(todo) or 1
         groups: list[list[tuple[Run, list[Window]]]] = []
         for runs in by_len.values():
-            groups.append([])
+            count = limit  # start a new group for each window length
             for run, wins in runs:
-                if sum(len(w) for _, w in groups[-1]) + len(wins) > limit:
+                if count + len(wins) > limit:
                     groups.append([])
+                    count = 0
                 groups[-1].append((run, wins))
+                count += len(wins)
 
         def job(group: list[tuple[Run, list[Window]]]) -> None:
             t0 = time.perf_counter()
@@ -206,7 +207,7 @@ class Analyzer:
                 prepared.stats.segmented += sum(len(w) for _, w in group)
                 prepared.stats.seconds += time.perf_counter() - t0
 
-        return [partial(job, group) for group in groups if group]
+        return [partial(job, group) for group in groups]
 
     def decide(self, prepared: Prepared) -> list[Alert]:
         """The second half of a step: verdicts for the prepared windows, in order."""
@@ -231,7 +232,7 @@ class Analyzer:
                         requests = entry.detector.assess(win, activities.get(id(win)))
                     todo.append((entry, win, requests))
             segments = [s for _, _, reqs in todo for s in reqs]
-            vectors = self._vectors(self.embedder(segments) if segments else None)
+            vectors = self._embed(segments)
             stats.embeddings += len(segments)
             i = 0
             for entry, win, reqs in todo:
@@ -283,11 +284,9 @@ class Analyzer:
                 for seg in segments:
                     if (key := _key(seg)) not in ready:
                         wanted.setdefault(key, seg)
-                ahead.conclude(trial, ahead.expected(len(segments), self._dim or 192))
+                ahead.conclude(trial, ahead.expected(len(segments), self.embedder.dim))
             if wanted:
-                ready.update(
-                    zip(wanted, self._vectors(self.embedder(list(wanted.values()))), strict=True)
-                )
+                ready.update(zip(wanted, self._embed(list(wanted.values())), strict=True))
                 stats.embeddings += len(wanted)
             while i < len(wins):
                 win = wins[i]
@@ -300,19 +299,18 @@ class Analyzer:
                     if missing:
                         ready.update(zip(map(_key, missing), self.embedder(missing), strict=True))
                         stats.embeddings += len(missing)
-                    vectors = self._vectors(np.stack([ready[k] for k in keys]) if keys else None)
-                    alerts += det.conclude(win, vectors)
+                    vectors = [ready[k] for k in keys]
+                    alerts += det.conclude(win, np.stack(vectors) if keys else self._embed([]))
                     entry.analysed = max(entry.analysed, win.end)
                 if missing:
                     break  # the fork went another way from here: fork again
         return alerts
 
-    def _vectors(self, vectors: np.ndarray | None) -> np.ndarray:
-        """Embeddings as computed (their size noted), or none of the known size."""
-        if vectors is None:
-            return np.zeros((0, self._dim or 192), np.float32)
-        self._dim = int(vectors.shape[1])
-        return vectors
+    def _embed(self, segments: list[np.ndarray]) -> np.ndarray:
+        """Embeddings of `segments`; no model call for none."""
+        if not segments:
+            return np.zeros((0, self.embedder.dim), np.float32)
+        return self.embedder(segments)
 
 
 def _runs(windows: list[Window], limit: int | None = None) -> list[tuple[Run, list[Window]]]:

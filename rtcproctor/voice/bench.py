@@ -434,6 +434,7 @@ def _bench_speed(
 def _bench_cli_hour(corpus: Corpus, rng: np.random.Generator) -> None:
     """The command as a user runs it: `rtcproctor analyze` on a 1 h WAV file of one voice
     with three 5 s second voices, start to finish (interpreter, models, decoding)."""
+    import json
     import subprocess
     import sys
     import tempfile
@@ -460,8 +461,6 @@ def _bench_cli_hour(corpus: Corpus, rng: np.random.Generator) -> None:
     if done.returncode != 0:
         print(f"rtcproctor analyze (1 h file) failed: {done.stderr.strip()[-500:]}")
         return
-    import json
-
     alerts = json.loads(done.stdout)["alerts"]
     found = sum(any(al["start"] <= t + 5 and al["end"] >= t for al in alerts) for t in onsets)
     print(

@@ -12,7 +12,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from rtcproctor.voice.models import Models
+from rtcproctor.voice.models import CAMPPLUS_DIM, Models
 
 SAMPLE_RATE = 16_000
 BUCKET = SAMPLE_RATE // 2  # crop lengths to multiples of 0.5 s so segments batch together
@@ -23,6 +23,8 @@ class Embedder:
         self.models = models
         self.model = models.embedding
         self.kind = models.embedding_kind
+        # pyannote's embedding models say their size; CAM++ does not.
+        self.dim = int(getattr(self.model, "dimension", CAMPPLUS_DIM))
         self.max_samples = int(max_seconds * SAMPLE_RATE)
         self.min_samples = int(min_seconds * SAMPLE_RATE)
         self.calls = 0  # number of segments embedded (for benchmarks)
@@ -44,7 +46,7 @@ class Embedder:
         import torch
 
         if not segments:
-            return np.zeros((0, 192), np.float32)
+            return np.zeros((0, self.dim), np.float32)
         prepared: list[np.ndarray] = []
         for seg in segments:
             seg = np.asarray(seg, np.float32)

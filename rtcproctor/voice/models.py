@@ -27,6 +27,7 @@ PIPELINE_ENV = "RTCPROCTOR_PYANNOTE_PIPELINE"
 THREADS_ENV = "RTCPROCTOR_TORCH_THREADS"
 PRECISION_ENV = "RTCPROCTOR_PRECISION"
 PRECISIONS = ("auto", "float32", "bfloat16")
+CAMPPLUS_DIM = 192  # the bundled CAM++ checkpoint's embedding size
 
 
 class ModelError(RuntimeError):
@@ -125,7 +126,7 @@ def _load_campplus(path: Path) -> Any:
 
     if not path.exists():
         raise ModelError(f"CAM++ checkpoint not found: {path}")
-    model = CAMPPlus(feat_dim=80, embedding_size=192)
+    model = CAMPPlus(feat_dim=80, embedding_size=CAMPPLUS_DIM)
     state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state, strict=True)
     return model.eval()

@@ -100,6 +100,7 @@ class _Staged:
 
         frames = (run.window - self.kernel) // self.stride + 1
         offsets = list(run.offsets)
+        waves = torch.from_numpy(np.stack(list(run.slices())))
         lo = min(offsets)
         steps = {b - a for a, b in itertools.pairwise(offsets)}
         if len(offsets) > 1 and len(steps) == 1 and all(off % self.stride == 0 for off in offsets):
@@ -112,9 +113,7 @@ class _Staged:
                 (len(offsets), channels, frames), (steps.pop() // self.stride, length, 1)
             )
         else:
-            batch = np.stack(list(run.slices()))
-            raw = F.conv1d(torch.from_numpy(batch).unsqueeze(1), self.filters, stride=self.stride)
-        waves = torch.from_numpy(np.stack(list(run.slices())))
+            raw = F.conv1d(waves.unsqueeze(1), self.filters, stride=self.stride)
         var, mean = torch.var_mean(waves, dim=1, unbiased=False)
         scale = (self.gain / torch.sqrt(var + self.eps)).view(-1, 1, 1)
         shift = (self.bias - scale * mean.view(-1, 1, 1)) * self.sums

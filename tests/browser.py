@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,9 +51,17 @@ class Tab:
         ]
 
 
-async def open_tab(browser: Browser, url: str, viewport: dict | None = None) -> Tab:
+async def open_tab(
+    browser: Browser,
+    url: str,
+    viewport: dict | None = None,
+    prepare: Callable[[Page], Awaitable[None]] | None = None,
+) -> Tab:
+    """`prepare` runs before the page loads (to route its WebSocket, say)."""
     context = await browser.new_context(viewport=viewport or DESKTOP)
     page = await context.new_page()
+    if prepare is not None:
+        await prepare(page)
     tab = Tab(page)
 
     def on_console(msg: ConsoleMessage) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -16,16 +18,17 @@ pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="session")]
 ARTIFACTS = Path(os.environ.get("RTCPROCTOR_TEST_ARTIFACTS", "test-artifacts"))
 
 
-async def live_student(browser, server, code: str, viewport=PHONE) -> Tab:
-    tab = await open_tab(browser, f"{server.url}/student#code={code}", viewport)
+async def live_student(browser, server, code: str, viewport=PHONE, prepare=None) -> Tab:
+    tab = await open_tab(browser, f"{server.url}/student#code={code}", viewport, prepare)
     await tab.page.wait_for_function("() => window.rtcproctor?.state === 'joined'")
     await tab.page.click("#go-live")
     await tab.page.wait_for_function("() => window.rtcproctor.state === 'live'")
     return tab
 
 
-async def monitor(browser, server, students, key: str | None = None) -> Tab:
-    tab = await open_tab(browser, f"{server.url}/monitor" + (f"#key={key}" if key else ""))
+async def monitor(browser, server, students, key: str | None = None, prepare=None) -> Tab:
+    url = f"{server.url}/monitor" + (f"#key={key}" if key else "")
+    tab = await open_tab(browser, url, prepare=prepare)
     await tab.page.fill("#roster-input", "\n".join(f"{name},{code}" for name, code in students))
     await tab.page.click("#next-button")
     try:
@@ -142,6 +145,91 @@ async def test_student_network_drop_and_return_brings_the_tile_back(server, brow
     await student.page.context.set_offline(False)
     await tile_state(proctor, code, "live", within=40_000)
     await video_playing(proctor, code, within=40_000)
+
+
+async def test_an_offer_lost_on_the_wire_is_asked_for_again(server, browser):
+    """The student's offer to the monitor never reaches the server: nothing fails by itself,
+    so the monitor, seeing a live student it has no connection to, asks for a fresh peer."""
+    exam = server.codes("Ann")
+    code = exam["students"][0]["code"]
+    armed, dropped = [False], []
+
+    async def drop_one_offer(page) -> None:
+        def route(ws) -> None:
+            upstream = ws.connect_to_server()
+
+            def to_server(message) -> None:
+                if armed[0] and '"signal"' in str(message) and '"offer"' in str(message):
+                    armed[0] = False
+                    dropped.append(message)
+                    return
+                upstream.send(message)
+
+            ws.on_message(to_server)
+
+        await page.route_web_socket(re.compile(r"/socket\.io/"), route)
+
+    await live_student(browser, server, code, prepare=drop_one_offer)
+    armed[0] = True
+    proctor = await monitor(browser, server, [("Ann", code)])
+    await video_playing(proctor, code, within=60_000)
+    assert dropped and not armed[0]
+    assert any("asking for a fresh one" in line for line in proctor.console)
+
+
+async def test_an_offer_that_beats_the_watch_answer_waits_for_its_tile(server, browser):
+    """The server asks the live student for a peer while it still answers the watch request,
+    so a busy server's answer can reach the monitor after the offer it caused: the offer
+    waits for its tile instead of being lost (here the answer is held until the offer passed)."""
+    exam = server.codes("Ann")
+    code = exam["students"][0]["code"]
+    await live_student(browser, server, code)
+    held, offered, delayed = [], [], []
+
+    async def answer_after_offer(page) -> None:
+        def route(ws) -> None:
+            upstream = ws.connect_to_server()
+
+            def release() -> None:
+                while held:
+                    ws.send(held.pop(0))
+
+            def to_page(message) -> None:
+                text = str(message)
+                if text.startswith("43") and '"students"' in text and not offered:
+                    held.append(message)
+                    delayed.append(text)
+                    asyncio.get_running_loop().call_later(10, release)
+                    return
+                ws.send(message)
+                if '"signal"' in text and '"offer"' in text:
+                    offered.append(text)
+                    release()
+
+            upstream.on_message(to_page)
+
+        await page.route_web_socket(re.compile(r"/socket\.io/"), route)
+
+    proctor = await monitor(browser, server, [("Ann", code)], prepare=answer_after_offer)
+    await video_playing(proctor, code)
+    assert delayed and offered and not held
+    assert not any("asking for a fresh one" in line for line in proctor.console)
+
+
+async def test_a_monitor_with_the_key_opens_a_full_list_of_students(server, browser):
+    """500 students (the most one page watches) with the proctor key: their histories come in
+    one answer, well inside the page's call timeout, and the live one's video plays."""
+    exam = server.codes(*[f"Student {i}" for i in range(500)])
+    students = [(s["name"], s["code"]) for s in exam["students"]]
+    code = students[-1][1]
+    student = await live_student(browser, server, code)
+    await student_chat(student, "hello from the last row")
+    await student.page.locator("#chat-list").get_by_text("hello from the last row").wait_for()
+    proctor = await monitor(browser, server, students, key=exam["proctor_key"])
+    assert await proctor.page.evaluate("() => window.rtcproctor.tiles.size") == 500
+    await video_playing(proctor, code)
+    chat = "(code) => window.rtcproctor.tiles.get(code).chat.size"
+    assert await proctor.page.evaluate(chat, norm(code)) == 1
 
 
 async def test_pages_reconnect_by_themselves_after_a_server_restart(server, browser):

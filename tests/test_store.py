@@ -144,6 +144,32 @@ async def test_chat_history_is_the_newest_in_order(store):
     assert (await store.messages(ann.id))[-1].text == long
 
 
+async def test_many_students_history_comes_at_once_newest_per_student(store, monkeypatch):
+    monkeypatch.setattr("rtcproctor.store.store.IDS_PER_QUERY", 2)  # several IN lists
+    exam, _ = await store.create_exam()
+    students = [s for s, _ in await store.add_students(exam.id, ["A", "B", "C", "D", "E"])]
+    quiet = students[-1]
+    for n, student in enumerate(students[:-1]):
+        for i in range(n + 2):
+            await store.add_message(student.id, "student", f"{student.name}{i}")
+            await store.add_attention(student.id, "proctor")
+            await store.add_alert(student.id, "unknown_voice", 10.0 * i, 10.0 * i + 1, 0.9, None)
+    ids = [s.id for s in students]
+    chat = await store.messages_of(ids, limit=3)
+    attention = await store.attention_of(ids, limit=3)
+    alerts = await store.alerts_of(ids, limit=3)
+    for n, student in enumerate(students[:-1]):
+        kept = range(max(0, n - 1), n + 2)  # the last three of n + 2
+        assert [m.text for m in chat[student.id]] == [f"{student.name}{i}" for i in kept]
+        assert chat[student.id] == await store.messages(student.id, limit=3)
+        assert attention[student.id] == (await store.attention(student.id))[-3:]
+        assert [a.started_at for a in alerts[student.id]] == [10.0 * i for i in kept]
+    assert chat[quiet.id] == attention[quiet.id] == alerts[quiet.id] == []
+    everything = await store.messages_of(ids, limit=None)
+    assert sum(map(len, everything.values())) == sum(n + 2 for n in range(4))
+    assert await store.messages_of([]) == {}
+
+
 async def test_text_is_stored_alike_on_every_engine(store):
     """NUL, lone surrogates and overlong names: what one engine refuses, none stores differently."""
     exam, _ = await store.create_exam("E" * 300)

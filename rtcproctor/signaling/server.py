@@ -470,7 +470,7 @@ class SignalingServer:
             raise self._limited(wait)
         found = await self.store.students_by_codes(code for _, code in wanted)
         students: list[dict[str, Any]] = []
-        history: dict[str, Any] = {}
+        authorized: dict[str, StudentRecord] = {}
         limited = False
         for raw, code in wanted:
             record = found.get(code)
@@ -487,14 +487,14 @@ class SignalingServer:
             state = await self._watch(client, record, code)
             students.append({**state.status(), "name": record.name})
             if record.exam_id in client.authorized_exams:
-                history[code] = await self._history(record, code)
+                authorized[code] = record
         answer: dict[str, Any] = {
             "students": students,
             "errors": errors,
             **self.ice.rtc_configuration(),
         }
         if key:
-            answer["history"] = history
+            answer["history"] = await self._histories(authorized)
         return answer
 
     async def _watch(self, client: Client, record: StudentRecord, code: str) -> StudentState:
@@ -526,14 +526,19 @@ class SignalingServer:
         client.authorized_exams.add(exam.id)
         return exam.id
 
-    async def _history(self, record: StudentRecord, code: str) -> dict[str, Any]:
-        chat = await self.store.messages(record.id)
-        attention = await self.store.attention(record.id)
-        alerts = await self.store.alerts(record.id)
+    async def _histories(self, records: dict[str, StudentRecord]) -> dict[str, Any]:
+        """Chat, attention and alerts of every watched student, three queries in all."""
+        ids = [record.id for record in records.values()]
+        chat = await self.store.messages_of(ids)
+        attention = await self.store.attention_of(ids)
+        alerts = await self.store.alerts_of(ids)
         return {
-            "chat": [message_json(m, code) for m in chat],
-            "attention": [attention_json(a, code) for a in attention],
-            "alerts": [alert_json(a, code) for a in alerts],
+            code: {
+                "chat": [message_json(m, code) for m in chat[record.id]],
+                "attention": [attention_json(a, code) for a in attention[record.id]],
+                "alerts": [alert_json(a, code) for a in alerts[record.id]],
+            }
+            for code, record in records.items()
         }
 
     async def proctor_unwatch(self, client: Client, data: dict[str, Any]) -> None:

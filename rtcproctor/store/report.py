@@ -30,16 +30,21 @@ class Entry:
 
 async def build_report(store: Store, exam: ExamRecord, base_url: str = "") -> dict[str, Any]:
     students = []
-    for student in await store.students_of_exam(exam.id):
-        entries = [Entry(e.at, e.kind, e.detail or "") for e in await store.events(student.id)]
-        entries += [
-            Entry(m.at, f"chat_{m.sender}", m.text) for m in await store.messages(student.id)
-        ]
+    records = await store.students_of_exam(exam.id)
+    ids = [student.id for student in records]
+    # Everything, not only the recent history a monitor page is sent.
+    events = await store.events_of(ids)
+    messages = await store.messages_of(ids, limit=None)
+    attention = await store.attention_of(ids, limit=None)
+    alerts_of = await store.alerts_of(ids, limit=None)
+    for student in records:
+        entries = [Entry(e.at, e.kind, e.detail or "") for e in events[student.id]]
+        entries += [Entry(m.at, f"chat_{m.sender}", m.text) for m in messages[student.id]]
         entries += [
             Entry(a.at, f"attention_{a.sender}", "", "resolved" if a.resolved_at else "open")
-            for a in await store.attention(student.id)
+            for a in attention[student.id]
         ]
-        alerts = await store.alerts(student.id)
+        alerts = alerts_of[student.id]
         entries += [
             Entry(
                 a.started_at,

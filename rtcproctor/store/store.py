@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
-from sqlalchemy import event, select, update
+from sqlalchemy import event, func, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
@@ -37,6 +38,10 @@ ALERT_STATUSES = ("open", "reviewed", "dismissed")
 # Ids are INTEGER columns: PostgreSQL refuses a larger number outright, SQLite finds nothing.
 MAX_ID = 2**31 - 1
 NAME_LENGTH = 200
+# Ids per IN (...) list: old SQLite builds allow 999 parameters a statement.
+IDS_PER_QUERY = 500
+
+R = TypeVar("R")
 
 
 def _known_id(value: int) -> bool:
@@ -213,14 +218,51 @@ class Store:
                 )
             )
 
-    async def events(self, student_id: int) -> list[EventRecord]:
+    async def _latest(
+        self,
+        model: Any,
+        at: Any,
+        student_ids: Iterable[int],
+        limit: int | None,
+        record: Callable[[Any], R],
+    ) -> dict[int, list[R]]:
+        """The last `limit` rows (all with None) of each student, oldest first, in one query
+        per IDS_PER_QUERY students: a monitor opening 500 students must not wait 1500 queries."""
+        ids = list(dict.fromkeys(student_ids))
+        out: dict[int, list[R]] = {i: [] for i in ids}
+        order = (at, model.id)
         async with self._session() as session:
-            rows = await session.scalars(
-                select(StreamEvent)
-                .where(StreamEvent.student_id == student_id)
-                .order_by(StreamEvent.at, StreamEvent.id)
-            )
-            return [EventRecord(r.id, r.student_id, r.kind, r.at, r.detail) for r in rows]
+            for start in range(0, len(ids), IDS_PER_QUERY):
+                chunk = ids[start : start + IDS_PER_QUERY]
+                query = select(model).where(model.student_id.in_(chunk))
+                if limit is not None:
+                    rank = (
+                        func.row_number()
+                        .over(
+                            partition_by=model.student_id,
+                            order_by=[column.desc() for column in order],
+                        )
+                        .label("rank")
+                    )
+                    ranked = select(model.id, rank).where(model.student_id.in_(chunk)).subquery()
+                    query = query.join(ranked, ranked.c.id == model.id).where(
+                        ranked.c.rank <= limit
+                    )
+                for row in await session.scalars(query.order_by(*order)):
+                    out[row.student_id].append(record(row))
+        return out
+
+    async def events_of(self, student_ids: Iterable[int]) -> dict[int, list[EventRecord]]:
+        return await self._latest(
+            StreamEvent,
+            StreamEvent.at,
+            student_ids,
+            None,
+            lambda r: EventRecord(r.id, r.student_id, r.kind, r.at, r.detail),
+        )
+
+    async def events(self, student_id: int) -> list[EventRecord]:
+        return (await self.events_of([student_id]))[student_id]
 
     # Chat
 
@@ -230,17 +272,21 @@ class Store:
             session.add(row)
         return MessageRecord(row.id, row.student_id, row.sender, row.text, row.at)
 
-    async def messages(self, student_id: int, limit: int = HISTORY_LIMIT) -> list[MessageRecord]:
-        async with self._session() as session:
-            rows = await session.scalars(
-                select(ChatMessage)
-                .where(ChatMessage.student_id == student_id)
-                .order_by(ChatMessage.at.desc(), ChatMessage.id.desc())
-                .limit(limit)
-            )
-            out = [MessageRecord(r.id, r.student_id, r.sender, r.text, r.at) for r in rows]
-        out.reverse()
-        return out
+    async def messages_of(
+        self, student_ids: Iterable[int], limit: int | None = HISTORY_LIMIT
+    ) -> dict[int, list[MessageRecord]]:
+        return await self._latest(
+            ChatMessage,
+            ChatMessage.at,
+            student_ids,
+            limit,
+            lambda r: MessageRecord(r.id, r.student_id, r.sender, r.text, r.at),
+        )
+
+    async def messages(
+        self, student_id: int, limit: int | None = HISTORY_LIMIT
+    ) -> list[MessageRecord]:
+        return (await self.messages_of([student_id], limit))[student_id]
 
     # Attention
 
@@ -265,17 +311,21 @@ class Store:
             )
             return (result.rowcount or 0) > 0
 
-    async def attention(self, student_id: int, limit: int = HISTORY_LIMIT) -> list[AttentionRecord]:
-        async with self._session() as session:
-            rows = await session.scalars(
-                select(AttentionRequest)
-                .where(AttentionRequest.student_id == student_id)
-                .order_by(AttentionRequest.at.desc(), AttentionRequest.id.desc())
-                .limit(limit)
-            )
-            out = [AttentionRecord(r.id, r.student_id, r.sender, r.at, r.resolved_at) for r in rows]
-        out.reverse()
-        return out
+    async def attention_of(
+        self, student_ids: Iterable[int], limit: int | None = HISTORY_LIMIT
+    ) -> dict[int, list[AttentionRecord]]:
+        return await self._latest(
+            AttentionRequest,
+            AttentionRequest.at,
+            student_ids,
+            limit,
+            lambda r: AttentionRecord(r.id, r.student_id, r.sender, r.at, r.resolved_at),
+        )
+
+    async def attention(
+        self, student_id: int, limit: int | None = HISTORY_LIMIT
+    ) -> list[AttentionRecord]:
+        return (await self.attention_of([student_id], limit))[student_id]
 
     # Alerts
 
@@ -358,14 +408,12 @@ class Store:
             row = await session.get(VoiceAlert, alert_id)
             return None if row is None else self._alert(row)
 
-    async def alerts(self, student_id: int, limit: int = HISTORY_LIMIT) -> list[AlertRecord]:
-        async with self._session() as session:
-            rows = await session.scalars(
-                select(VoiceAlert)
-                .where(VoiceAlert.student_id == student_id)
-                .order_by(VoiceAlert.started_at.desc(), VoiceAlert.id.desc())
-                .limit(limit)
-            )
-            out = [self._alert(r) for r in rows]
-        out.reverse()
-        return out
+    async def alerts_of(
+        self, student_ids: Iterable[int], limit: int | None = HISTORY_LIMIT
+    ) -> dict[int, list[AlertRecord]]:
+        return await self._latest(
+            VoiceAlert, VoiceAlert.started_at, student_ids, limit, self._alert
+        )
+
+    async def alerts(self, student_id: int, limit: int | None = HISTORY_LIMIT) -> list[AlertRecord]:
+        return (await self.alerts_of([student_id], limit))[student_id]

@@ -20,6 +20,9 @@ const ROSTER_STORAGE = 'rtcproctor.roster';
 const TILE_SIZE_STORAGE = 'rtcproctor.tileSize';
 const RENEW_AFTER_DISCONNECT_MS = 5000;
 const NO_VIDEO_MS = 5000;
+// A live student whose peer is not up by then gets a fresh one (then twice as late, up to a minute).
+const PEER_STUCK_MS = 15000;
+const PEER_STUCK_MAX_MS = 60000;
 const REGISTER_CHUNK = 200; // keeps each packet well under 64 KiB
 const MAX_NOTIFICATIONS = 300;
 
@@ -45,9 +48,11 @@ const app = {
   largeMuted: false,
   offAirSignature: '',
   rewatchTimer: null,
+  awaiting: null,     // codes of a watch request still unanswered
 };
 const tiles = new Map();          // code → tile (exposed to tests)
 const peers = new Map();          // peer id → peer record
+const earlyOffers = new Map();    // code → {peer, offer}: offers that beat the watch answer
 const notifications = new Map();  // "code|attention id" → <li>
 
 const conn = new Connection();
@@ -232,10 +237,19 @@ async function startWatching(students, key) {
 async function watch(students, key) {
   const payload = { codes: students.map((s) => s.code) };
   if (key) payload.key = key;
-  const ack = await conn.call('proctor:watch', payload);
+  // A live student's offer can arrive before the answer that makes its tile: keep it.
+  app.awaiting = new Set(payload.codes);
+  let ack;
+  try {
+    ack = await conn.call('proctor:watch', payload);
+  } finally {
+    app.awaiting = null;
+  }
   setRtc(ack);
   setAlertKey(key);
   applyWatchAck(students, ack);
+  for (const [code, { peer, offer }] of earlyOffers) acceptOffer(code, peer, offer);
+  earlyOffers.clear();
   return ack;
 }
 
@@ -355,7 +369,7 @@ function createTile(code) {
     video, stream: null, peer: null,
     chat: new Map(), unread: 0, attention: new Map(),
     lastFrameAt: 0, frameCount: 0, lastTime: 0, baseline: Date.now(), noVideo: false, noVideoSince: null,
-    renewing: false, watchedBefore: false, dom,
+    renewing: false, watchedBefore: false, peerWaitSince: null, peerPatience: PEER_STUCK_MS, dom,
   };
   trackFrames(tile);
   tiles.set(code, tile);
@@ -510,9 +524,10 @@ function sampleFrames(tile, now) {
 }
 
 function checkVideo() {
+  const now = Date.now();
+  checkPeers(now);
   // A hidden page has throttled timers and paused rendering: no verdict then.
   if (document.visibilityState === 'hidden') return;
-  const now = Date.now();
   let changed = false;
   for (const tile of tiles.values()) {
     sampleFrames(tile, now);
@@ -583,7 +598,10 @@ function onSignal({ code, peer, description, candidate } = {}) {
 
 function acceptOffer(code, peer, offer) {
   const tile = tiles.get(code);
-  if (!tile) return;
+  if (!tile) {
+    if (app.awaiting?.has(code)) earlyOffers.set(code, { peer, offer });
+    return;
+  }
   let rec = peers.get(peer);
   if (!rec) {
     // One peer per student: a new one replaces the old (renewal, reconnect).
@@ -671,14 +689,37 @@ function watchPeer(rec) {
   }
 }
 
-/** Asks the server for a fresh peer for this student (it closes the old one). */
 function renew(rec) {
   const tile = tiles.get(rec.code);
-  if (!tile || tile.peer !== rec.peer || tile.renewing || !conn.connected || tile.state !== 'live') return;
+  if (tile && tile.peer === rec.peer) requestPeer(tile);
+}
+
+/** Asks the server for a fresh peer for this student (it closes the old one). */
+function requestPeer(tile) {
+  if (tile.renewing || !conn.connected || tile.state !== 'live') return;
   tile.renewing = true;
-  conn.call('peer:renew', { code: rec.code })
+  conn.call('peer:renew', { code: tile.code })
     .catch(warn('peer:renew failed'))
     .finally(() => setTimeout(() => { tile.renewing = false; }, RENEW_AFTER_DISCONNECT_MS));
+}
+
+/** A lost offer or answer, or a peer stuck connecting, never fails by itself: a live
+ * student whose peer is not up in time gets a fresh one, with growing patience. */
+function checkPeers(now) {
+  for (const tile of tiles.values()) {
+    const up = peers.get(tile.peer)?.pc.connectionState === 'connected';
+    if (tile.state !== 'live' || up) {
+      tile.peerWaitSince = null;
+      if (up) tile.peerPatience = PEER_STUCK_MS;
+      continue;
+    }
+    if (tile.peerWaitSince == null) tile.peerWaitSince = now;
+    if (now - tile.peerWaitSince < tile.peerPatience || tile.renewing || !conn.connected) continue;
+    console.warn('no connection to a live student; asking for a fresh one', tile.code);
+    tile.peerWaitSince = now;
+    tile.peerPatience = Math.min(2 * tile.peerPatience, PEER_STUCK_MAX_MS);
+    requestPeer(tile);
+  }
 }
 
 function closePeer(peer) {

@@ -33,6 +33,7 @@ from rtcproctor.voice.detector import DetectorConfig
 SR = SAMPLE_RATE
 DEFAULT_EVAL_DIR = Path(__file__).resolve().parents[2] / ".." / "shared" / "eval"
 VOICE_ALERTS = {AlertType.MULTIPLE_VOICES, AlertType.UNKNOWN_VOICE}
+SLOW_AFTER = 4.0  # audio delay (s) past which --verbose shows how an episode was found
 
 
 def _db(x: float) -> float:
@@ -269,6 +270,16 @@ def score(condition: str, trials: list[Trial], run: RunResult, config: DetectorC
                 delays.append(hit.emitted - on + hit.compute)
                 audio_delays.append(hit.emitted - on)
                 types[str(hit.type)] += 1
+                if hit.emitted - on > SLOW_AFTER:
+                    notes.append(
+                        f"slow {t.name} episode {on:.1f}-{off:.1f}: "
+                        f"{hit.type} at {hit.emitted:.1f} s"
+                    )
+                    notes += [
+                        f"      {r}"
+                        for r in run.traces.get(t.name, [])
+                        if on - 2 < float(r["end"]) <= hit.emitted + 0.01  # type: ignore[arg-type]
+                    ]
             else:
                 notes.append(f"missed {t.name} episode {on:.1f}-{off:.1f}")
                 for r in run.traces.get(t.name, []):

@@ -238,6 +238,7 @@ async function watch(students, key) {
   const payload = { codes: students.map((s) => s.code) };
   if (key) payload.key = key;
   // A live student's offer can arrive before the answer that makes its tile: keep it.
+  earlyOffers.clear();
   app.awaiting = new Set(payload.codes);
   let ack;
   try {
@@ -245,11 +246,12 @@ async function watch(students, key) {
   } finally {
     app.awaiting = null;
   }
+  const early = [...earlyOffers];
+  earlyOffers.clear();
   setRtc(ack);
   setAlertKey(key);
   applyWatchAck(students, ack);
-  for (const [code, { peer, offer }] of earlyOffers) acceptOffer(code, peer, offer);
-  earlyOffers.clear();
+  for (const [code, { peer, offer }] of early) acceptOffer(code, peer, offer);
   return ack;
 }
 

@@ -141,7 +141,7 @@ def test_pacer_thins_windows_when_busy_and_restores_them_when_idle():
     assert run(0.2, 10) == 1
 
 
-def _scripted_detector(**overrides):
+def _scripted_detector(seconds: int = 9, **overrides):
     """A detector fed synthetic noise; the test plays the models' part (who speaks when,
     and what their embeddings are), so the verdict logic is tested alone."""
     import numpy as np
@@ -150,7 +150,7 @@ def _scripted_detector(**overrides):
 
     config = DetectorConfig(window=6.0, hop=1.0, **overrides)
     det = Detector("s", config)
-    det.push(np.random.default_rng(0).normal(0, 0.05, 16_000 * 9).astype(np.float32))
+    det.push(np.random.default_rng(0).normal(0, 0.05, 16_000 * seconds).astype(np.float32))
     return det, det.ready_windows()
 
 
@@ -198,6 +198,32 @@ def test_a_long_foreign_voice_alerts_at_once_and_a_short_matching_one_never():
     assert alerts == []  # 1.7 s, but the student's own voice
     alerts, _ = _step(det, wins[2], [(0.0, 3.0), (3.4, 5.9)], [student, other])
     assert [str(a.type) for a in alerts] == ["multiple_voices"]  # 2.5 s: no second look
+
+
+def test_a_barely_matching_check_is_repeated_and_a_suspect_looks_at_its_own_speech():
+    import numpy as np
+
+    e = np.eye(192, dtype=np.float32)
+
+    def scoring(similarity):  # a unit vector at this cosine from the student's
+        return (similarity * e[0] + np.sqrt(1 - similarity**2) * e[1]).astype(np.float32)
+
+    det, wins = _scripted_detector(12, check_every=2.0, check_seconds=2.0, wary=0.75)
+    whole = [(0.0, 6.0)]
+    _step(det, wins[0], whole, [e[0]])  # enrolls
+    _step(det, wins[1], whole, [])  # 1 s of new speech: no check yet
+    _, pieces = _step(det, wins[2], whole, [scoring(0.7)])  # a check: barely the student
+    assert len(pieces) == 1 and pieces[0].size == 2 * 16_000
+    assert det.focused  # a thinned stream, too, takes the next window
+    _, pieces = _step(det, wins[3], whole, [scoring(0.5)])  # at once: a marginal mismatch
+    assert len(pieces) == 1 and det.focused
+    # The second look embeds the suspected 2 s (the newest of the last window) and the
+    # 1 s said since: not the student's 3 s earlier in this window.
+    alerts, pieces = _step(det, wins[4], whole, [scoring(0.6)])
+    assert alerts == [] and pieces[0].size == 3 * 16_000
+    assert det.focused  # a match this weak does not lift the suspicion
+    alerts, _ = _step(det, wins[5], whole, [scoring(0.5)])
+    assert [str(a.type) for a in alerts] == ["unknown_voice"]
 
 
 def test_a_thinned_stream_looks_at_every_window_while_something_is_suspicious():

@@ -29,6 +29,10 @@ from rtcproctor.voice.segmentation import Activity, Run, Segmenter
 LIVE_LIMIT = 2
 # A stream with this many windows in one step has its embeddings computed ahead.
 RUN_AHEAD_MIN = 3
+# Forks run ahead up to this many times before the real pass, each with the embeddings
+# the last ones asked for: a surprise (a check that barely matched and is repeated) then
+# costs a place in the next batch, not an embedding alone and a fresh fork.
+AHEAD_PASSES = 3
 
 
 @dataclass
@@ -266,8 +270,10 @@ class Analyzer:
         `analyze`'s time. So a fork of the detector runs the remaining windows ahead,
         assuming that every voice it embeds is the one it expects (the student: true but
         for a few windows an hour), and every segment it asks for is embedded in one
-        batch. The real pass takes its embeddings from there; at the first segment the
-        fork did not foresee, it embeds what it lacks and the fork starts again from the
+        batch. A new fork then runs with those embeddings, and whatever it asks for that
+        the first did not (a check repeated after a weak match) goes in a second batch,
+        and so on (AHEAD_PASSES). The real pass takes its embeddings from there; at the
+        first segment no fork foresaw, it embeds what it lacks and forks again from the
         real state. The decisions are those of the window-by-window pass (up to the
         last digits of batched arithmetic; a test compares them).
         """
@@ -275,17 +281,10 @@ class Analyzer:
         ready: dict[bytes, np.ndarray] = {}
         i = 0
         while i < len(wins):
-            with entry.lock:
-                ahead = entry.detector.fork()
-            wanted: dict[bytes, np.ndarray] = {}
-            for win in wins[i:]:
-                trial = replace(win, speakers=[], links={}, requests=[])
-                segments = ahead.assess(trial, activities.get(id(win)))
-                for seg in segments:
-                    if (key := _key(seg)) not in ready:
-                        wanted.setdefault(key, seg)
-                ahead.conclude(trial, ahead.expected(len(segments), self.embedder.dim))
-            if wanted:
+            for _ in range(AHEAD_PASSES):
+                wanted = self._fork_ahead(entry, wins[i:], activities, ready)
+                if not wanted:
+                    break
                 ready.update(zip(wanted, self._embed(list(wanted.values())), strict=True))
                 stats.embeddings += len(wanted)
             while i < len(wins):
@@ -305,6 +304,30 @@ class Analyzer:
                 if missing:
                     break  # the fork went another way from here: fork again
         return alerts
+
+    def _fork_ahead(
+        self,
+        entry: _Stream,
+        wins: list[Window],
+        activities: dict[int, Activity],
+        ready: dict[bytes, np.ndarray],
+    ) -> dict[bytes, np.ndarray]:
+        """Run a fork over `wins` with the embeddings in `ready`, and the expected voice
+        for the rest; returns the segments it asked for that `ready` lacks."""
+        with entry.lock:
+            ahead = entry.detector.fork()
+        wanted: dict[bytes, np.ndarray] = {}
+        for win in wins:
+            trial = replace(win, speakers=[], links={}, requests=[], since={})
+            segments = ahead.assess(trial, activities.get(id(win)))
+            vectors = ahead.expected(len(segments), self.embedder.dim)
+            for j, seg in enumerate(segments):
+                if (key := _key(seg)) in ready:
+                    vectors[j] = ready[key]
+                else:
+                    wanted.setdefault(key, seg)
+            ahead.conclude(trial, vectors)
+        return wanted
 
     def _embed(self, segments: list[np.ndarray]) -> np.ndarray:
         """Embeddings of `segments`; no model call for none."""

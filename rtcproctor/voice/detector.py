@@ -90,6 +90,9 @@ class DetectorConfig:
         next one, on the newcomer's speech alone, fails. A suspect voice (see doubt_band)
         stays suspect until a check scores at least this: a helper scoring around the
         threshold otherwise alternates between suspect and cleared.
+    wary_drop (cost): ... and under the student's usual score (a running mean of their
+        matches) by this much: some voices match themselves at 0.7 half the time, and
+        repeating all their checks cost a third more embeddings.
     link_min: activity shared with an already-labelled voice (in the overlap with earlier
         windows) to inherit its label without an embedding.
     silence_rms, silent_after: "mic silent" = no 100 ms block above silence_rms (-60 dBFS)
@@ -112,6 +115,7 @@ class DetectorConfig:
     check_every: float = 2.0
     check_seconds: float = 2.0
     wary: float = 0.75
+    wary_drop: float = 0.1
     link_min: float = 0.5
     silence_rms: float = 1e-3
     silent_after: float = 30.0
@@ -220,6 +224,7 @@ class Detector:
         self._suspect = False  # a doubtful mismatch awaits a second check
         self._suspect_from = 0.0  # seconds: where the suspected speech began
         self._wary = False  # the last check matched, barely: the next one comes at once
+        self._level: float | None = None  # the student's usual score in identity checks
         self._overlaps: list[tuple[float, float]] = []  # overlap seen in the last window
         self._open: dict[AlertType, Alert] = {}
         self._last_energy = 0.0
@@ -278,6 +283,7 @@ class Detector:
         self._history.clear()
         self._since_check = 0.0
         self._suspect = self._wary = False
+        self._level = None
 
     # ---------------------------------------------------------------- windows out
     def _make_window(self, end: int, final: bool = False) -> Window:
@@ -440,7 +446,7 @@ class Detector:
             else:
                 self._since_check += new_speech
                 due = c.check_every * self.stride
-                win.mode = "check" if self._since_check >= due else "known"
+                win.mode = "check" if self._since_check >= due or self._wary else "known"
             if win.mode in ("enroll", "check", "identify") and self._embeddable(win, k):
                 win.requests = [k]
             elif win.mode in ("enroll", "identify"):
@@ -537,11 +543,12 @@ class Detector:
             del self._foreign[known:]  # not a new voice after all (yet)
             label = STUDENT
         elif label == STUDENT:
-            self._wary = sim < self.config.wary
-            if self._wary:
-                self._since_check = self.config.check_every * self.stride
-            else:
+            c = self.config
+            usual = c.wary if self._level is None else self._level - c.wary_drop
+            self._level = sim if self._level is None else 0.8 * self._level + 0.2 * sim
+            if sim >= c.wary:
                 self._suspect = False  # only a clear match lifts a suspicion
+            self._wary = self._suspect or sim < min(c.wary, usual)
             if self._enroll_count < self.config.enroll_refine:  # refine with verified speech
                 assert self.enrolled is not None
                 total = self.enrolled * self._enroll_count + emb
@@ -628,7 +635,10 @@ class Detector:
             self._record(win, k, STUDENT, whole=True)
         elif win.mode in ("check", "identify"):
             k = win.requests[0]
-            self._since_check = 0.0
+            if self._since_check >= c.check_every * self.stride:
+                # A repeated check leaves the schedule alone: `analyze` embeds the
+                # scheduled ones ahead, and a shifted schedule would throw them away.
+                self._since_check = 0.0
             found, _label = self._foreign_voice(win, k, embs[k], whole=win.mode == "identify")
             alerts += found
         elif win.mode == "known":

@@ -68,9 +68,7 @@ class DetectorConfig:
         against the enrollment in 741 checks, while 2.5 s of another LibriSpeech speaker
         scores >= 0.55 in 0.7% of pairs: 0.55 keeps a margin on both sides.
     doubt_band: a voice scoring within this much below same_speaker is only a suspect: no
-        alert until a second check at the next window also fails. The second look embeds
-        the suspected speech and all the voice said after it: the whole window had held,
-        after a hand-over, the student too (diluted second looks took 3 s more). Removes the
+        alert until a second check (next window, longer speech) also fails. Removes the
         false alerts of speakers whose enrollment happened to be atypical.
     enroll_min: clean single-speaker speech needed in one window to enroll the student.
     enroll_refine: how many embeddings the enrollment averages (1 = the first clean window
@@ -84,15 +82,6 @@ class DetectorConfig:
         check_every, consecutive checks tile the speech: a 3 s voice between two checks
         cannot slip through (4 s / 2.5 s missed them: handoff recall 0.70 vs 0.825 at a
         1 s hop), for 1.6x the embedded audio.
-    wary (cost/delay): a check that still finds the student but scores under this is
-        repeated at the next window instead of after `check_every` more speech: a check
-        straddling a hand-over scores in between (0.68-0.74 on the eval set), and the
-        next one, on the newcomer's speech alone, fails. A suspect voice (see doubt_band)
-        stays suspect until a check scores at least this: a helper scoring around the
-        threshold otherwise alternates between suspect and cleared.
-    wary_drop (cost): ... and under the student's usual score (a running mean of their
-        matches) by this much: some voices match themselves at 0.7 half the time, and
-        repeating all their checks cost a third more embeddings.
     link_min: activity shared with an already-labelled voice (in the overlap with earlier
         windows) to inherit its label without an embedding.
     silence_rms, silent_after: "mic silent" = no 100 ms block above silence_rms (-60 dBFS)
@@ -114,8 +103,6 @@ class DetectorConfig:
     enroll_refine: int = 1
     check_every: float = 2.0
     check_seconds: float = 2.0
-    wary: float = 0.75
-    wary_drop: float = 0.1
     link_min: float = 0.5
     silence_rms: float = 1e-3
     silent_after: float = 30.0
@@ -185,7 +172,6 @@ class Window:
     requests: list[int] = field(default_factory=list)  # local speakers to embed
     activity: Activity | None = field(default=None, repr=False)
     both: np.ndarray | None = field(default=None, repr=False)  # frames of overlapped speech
-    since: dict[int, float] = field(default_factory=dict)  # where each embedded piece starts
 
 
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
@@ -222,9 +208,6 @@ class Detector:
         self._foreign: list[np.ndarray] = []  # centroid of foreign label i+1
         self._since_check = 0.0
         self._suspect = False  # a doubtful mismatch awaits a second check
-        self._suspect_from = 0.0  # seconds: where the suspected speech began
-        self._wary = False  # the last check matched, barely: the next one comes at once
-        self._level: float | None = None  # the student's usual score in identity checks
         self._overlaps: list[tuple[float, float]] = []  # overlap seen in the last window
         self._open: dict[AlertType, Alert] = {}
         self._last_energy = 0.0
@@ -248,16 +231,10 @@ class Detector:
     @property
     def focused(self) -> bool:
         """A second voice may be starting (two speakers or likely overlap in the last
-        window, a mismatch awaiting its second look, a check that barely matched): the
-        next windows are taken at full pace even when the server thins them, so that
-        thinning delays the alerts of quiet streams, not the confirmation of suspicious
-        ones."""
-        return (
-            self._suspect
-            or self._wary
-            or bool(self._overlaps)
-            or self._last_mode in ("pair", "overlap")
-        )
+        window, or a mismatch awaiting its second look): the next windows are taken at
+        full pace even when the server thins them, so that thinning delays the alerts
+        of quiet streams, not the confirmation of suspicious ones."""
+        return self._suspect or bool(self._overlaps) or self._last_mode in ("pair", "overlap")
 
     def push(self, samples: np.ndarray) -> None:
         """Append 16 kHz mono float32 samples (any chunk size; lost packets: push zeros)."""
@@ -282,8 +259,6 @@ class Detector:
         self._foreign.clear()
         self._history.clear()
         self._since_check = 0.0
-        self._suspect = self._wary = False
-        self._level = None
 
     # ---------------------------------------------------------------- windows out
     def _make_window(self, end: int, final: bool = False) -> Window:
@@ -351,33 +326,20 @@ class Detector:
         fs = win.activity.frame_seconds if win.activity else 0.0
         return [(win.start + a * fs, win.start + b * fs) for a, b in _runs(mask)]
 
-    def _speaker_audio(
-        self, win: Window, k: int, newest: float | None = None, since: float | None = None
-    ) -> np.ndarray:
-        """The speaker's exclusive speech if long enough, else all of its speech: only the
-        last `newest` seconds of it, or only from time `since`, if given. Notes in
-        `win.since` where the piece starts."""
+    def _speaker_audio(self, win: Window, k: int, newest: float | None = None) -> np.ndarray:
+        """The speaker's exclusive speech if long enough, else all of its speech (only the
+        last `newest` seconds of it if given)."""
         assert win.activity is not None
         frames = win.activity.frames
         fs = win.activity.frame_seconds
         exclusive = frames[:, k] & (frames.sum(axis=1) == 1)
         mask = exclusive if exclusive.sum() * fs >= self.config.embed_min else frames[:, k]
-        if since is not None:
-            mask = mask.copy()
-            mask[: max(0, int((since - win.start) / fs))] = False
         spf = win.samples.size / frames.shape[0]
-        runs = [(int(a * spf), int(b * spf)) for a, b in _runs(mask)]
+        parts = [win.samples[int(a * spf) : int(b * spf)] for a, b in _runs(mask)]
+        audio = np.concatenate(parts) if parts else np.zeros(0, np.float32)
         if newest is not None:
-            left, kept = int(newest * SAMPLE_RATE), []
-            for a, b in reversed(runs):
-                if left <= 0:
-                    break
-                kept.append((max(a, b - left), b))
-                left -= b - a
-            runs = kept[::-1]
-        win.since[k] = win.start + (runs[0][0] / SAMPLE_RATE if runs else 0.0)
-        parts = [win.samples[a:b] for a, b in runs]
-        return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+            audio = audio[-int(newest * SAMPLE_RATE) :]
+        return audio
 
     def _embeddable(self, win: Window, k: int) -> bool:
         assert win.activity is not None
@@ -446,23 +408,14 @@ class Detector:
             else:
                 self._since_check += new_speech
                 due = c.check_every * self.stride
-                win.mode = "check" if self._since_check >= due or self._wary else "known"
+                win.mode = "check" if self._since_check >= due else "known"
             if win.mode in ("enroll", "check", "identify") and self._embeddable(win, k):
                 win.requests = [k]
             elif win.mode in ("enroll", "identify"):
                 win.mode = "none"  # wait: the next window will hold more of this voice
             elif win.mode == "check":
                 win.mode = "known"
-        if win.mode == "check" and self._suspect:
-            # The second look: the suspected speech and all the voice said after it.
-            pieces = []
-            for k in win.requests:
-                audio = self._speaker_audio(win, k, since=self._suspect_from)
-                if audio.size < c.embed_min * SAMPLE_RATE:
-                    audio = self._speaker_audio(win, k)
-                pieces.append(audio)
-            return pieces
-        newest = c.check_seconds if win.mode == "check" else None
+        newest = None if self._suspect else {"check": c.check_seconds}.get(win.mode)
         return [self._speaker_audio(win, k, newest) for k in win.requests]
 
     def _overlapped(self, win: Window) -> np.ndarray | None:
@@ -514,15 +467,14 @@ class Detector:
                 if self.config.keep_turns:
                     self.turns.append((label, s, e))
 
-    def _doubt(self, similarity: float, since: float, short: bool = False) -> bool:
+    def _doubt(self, similarity: float, short: bool = False) -> bool:
         """True (and check again at the next window) if a mismatch is only marginal, or
         rests on less than `embed_min` of speech, and is not already suspected: such a
-        first mismatch never alerts by itself. `since`: where the suspected speech began."""
+        first mismatch never alerts by itself."""
         c = self.config
         if self._suspect or (similarity < c.same_speaker - c.doubt_band and not short):
             return False
         self._suspect = True
-        self._suspect_from = since
         self._since_check = c.check_every * self.stride
         return True
 
@@ -539,16 +491,11 @@ class Detector:
         known = len(self._foreign)
         label, sim = self._label_for(emb)
         alerts: list[Alert] = []
-        if label != STUDENT and self._doubt(sim, win.since.get(k, win.start)):
+        if label != STUDENT and self._doubt(sim):
             del self._foreign[known:]  # not a new voice after all (yet)
             label = STUDENT
         elif label == STUDENT:
-            c = self.config
-            usual = c.wary if self._level is None else self._level - c.wary_drop
-            self._level = sim if self._level is None else 0.8 * self._level + 0.2 * sim
-            if sim >= c.wary:
-                self._suspect = False  # only a clear match lifts a suspicion
-            self._wary = self._suspect or sim < min(c.wary, usual)
+            self._suspect = False
             if self._enroll_count < self.config.enroll_refine:  # refine with verified speech
                 assert self.enrolled is not None
                 total = self.enrolled * self._enroll_count + emb
@@ -601,8 +548,7 @@ class Detector:
             sim, a, b = min(sims) if sims else (1.0, -1, -1)
             mismatch = sim < c.same_speaker
             short = any(k in embs and not self._embeddable(win, k) for k in (a, b))
-            since = min((win.since.get(k, win.start) for k in (a, b)), default=win.start)
-            doubtful = mismatch and self._doubt(sim, since, short)
+            doubtful = mismatch and self._doubt(sim, short)
             if mismatch and not doubtful:
                 second = a if a == b else (b if act.seconds()[b] <= act.seconds()[a] else a)
                 segs = self._segments(win, act.frames[:, second])
@@ -635,10 +581,7 @@ class Detector:
             self._record(win, k, STUDENT, whole=True)
         elif win.mode in ("check", "identify"):
             k = win.requests[0]
-            if self._since_check >= c.check_every * self.stride:
-                # A repeated check leaves the schedule alone: `analyze` embeds the
-                # scheduled ones ahead, and a shifted schedule would throw them away.
-                self._since_check = 0.0
+            self._since_check = 0.0
             found, _label = self._foreign_voice(win, k, embs[k], whole=win.mode == "identify")
             alerts += found
         elif win.mode == "known":

@@ -141,7 +141,7 @@ def test_pacer_thins_windows_when_busy_and_restores_them_when_idle():
     assert run(0.2, 10) == 1
 
 
-def _scripted_detector(seconds: int = 9, **overrides):
+def _scripted_detector(**overrides):
     """A detector fed synthetic noise; the test plays the models' part (who speaks when,
     and what their embeddings are), so the verdict logic is tested alone."""
     import numpy as np
@@ -150,7 +150,7 @@ def _scripted_detector(seconds: int = 9, **overrides):
 
     config = DetectorConfig(window=6.0, hop=1.0, **overrides)
     det = Detector("s", config)
-    det.push(np.random.default_rng(0).normal(0, 0.05, 16_000 * seconds).astype(np.float32))
+    det.push(np.random.default_rng(0).normal(0, 0.05, 16_000 * 9).astype(np.float32))
     return det, det.ready_windows()
 
 

@@ -30,7 +30,7 @@ LIVE_LIMIT = 2
 # A stream with this many windows in one step has its embeddings computed ahead.
 RUN_AHEAD_MIN = 3
 # Forks run ahead up to this many times before the real pass, each with the embeddings
-# the last ones asked for: a surprise (a check that barely matched and is repeated) then
+# the last ones asked for: a surprise (a voice that did not match, looked at again) then
 # costs a place in the next batch, not an embedding alone and a fresh fork.
 AHEAD_PASSES = 3
 
@@ -271,7 +271,7 @@ class Analyzer:
         assuming that every voice it embeds is the one it expects (the student: true but
         for a few windows an hour), and every segment it asks for is embedded in one
         batch. A new fork then runs with those embeddings, and whatever it asks for that
-        the first did not (a check repeated after a weak match) goes in a second batch,
+        the first did not (a second look at a voice that did not match) goes in a second batch,
         and so on (AHEAD_PASSES). The real pass takes its embeddings from there; at the
         first segment no fork foresaw, it embeds what it lacks and forks again from the
         real state. The decisions are those of the window-by-window pass (up to the

@@ -271,8 +271,8 @@ class Analyzer:
         assuming that every voice it embeds is the one it expects (the student: true but
         for a few windows an hour), and every segment it asks for is embedded in one
         batch. A new fork then runs with those embeddings, and whatever it asks for that
-        the first did not (a second look at a voice that did not match) goes in a second batch,
-        and so on (AHEAD_PASSES). The real pass takes its embeddings from there; at the
+        the first did not (a second look at a voice that did not match) goes in a second
+        batch, and so on (AHEAD_PASSES). The real pass takes its embeddings from there; at the
         first segment no fork foresaw, it embeds what it lacks and forks again from the
         real state. The decisions are those of the window-by-window pass (up to the
         last digits of batched arithmetic; a test compares them).

@@ -200,6 +200,27 @@ def test_a_long_foreign_voice_alerts_at_once_and_a_short_matching_one_never():
     assert [str(a.type) for a in alerts] == ["multiple_voices"]  # 2.5 s: no second look
 
 
+def test_a_suspect_voice_is_looked_at_again_on_its_own_speech_not_the_whole_window():
+    import numpy as np
+
+    e = np.eye(192, dtype=np.float32)
+
+    def scoring(similarity):  # a unit vector at this cosine from the student's
+        return (similarity * e[0] + np.sqrt(1 - similarity**2) * e[1]).astype(np.float32)
+
+    det, wins = _scripted_detector(check_every=2.0, check_seconds=2.0)
+    whole = [(0.0, 6.0)]
+    _step(det, wins[0], whole, [e[0]])  # enrolls
+    _step(det, wins[1], whole, [])  # 1 s of new speech: no check yet
+    alerts, pieces = _step(det, wins[2], whole, [scoring(0.5)])  # a marginal mismatch
+    assert alerts == [] and pieces[0].size == 2 * 16_000 and det.focused
+    # The second look embeds the suspected 2 s and the 1 s said since: not the 3 s of
+    # the student before them, which would pull a newcomer's score up to a match.
+    alerts, pieces = _step(det, wins[3], whole, [scoring(0.5)])
+    assert pieces[0].size == 3 * 16_000
+    assert [str(a.type) for a in alerts] == ["unknown_voice"]
+
+
 def test_a_thinned_stream_looks_at_every_window_while_something_is_suspicious():
     import numpy as np
 

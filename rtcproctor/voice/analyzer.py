@@ -318,7 +318,7 @@ class Analyzer:
             ahead = entry.detector.fork()
         wanted: dict[bytes, np.ndarray] = {}
         for win in wins:
-            trial = replace(win, speakers=[], links={}, requests=[])
+            trial = replace(win, speakers=[], links={}, requests=[], since={})
             segments = ahead.assess(trial, activities.get(id(win)))
             vectors = ahead.expected(len(segments), self.embedder.dim)
             for j, seg in enumerate(segments):

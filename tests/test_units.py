@@ -173,10 +173,16 @@ def _step(det, win, spans, vectors):
     return det.conclude(win, np.array([vectors[k] for k in win.requests])), requests
 
 
-def test_a_short_foreign_voice_alerts_only_when_a_second_window_confirms_it():
+def _scoring(similarity: float):
+    """A unit vector at this cosine from the first axis (the student's voice)."""
     import numpy as np
 
-    student, other = np.eye(192, dtype=np.float32)[:2]
+    e = np.eye(192, dtype=np.float32)
+    return (similarity * e[0] + np.sqrt(1 - similarity**2) * e[1]).astype(np.float32)
+
+
+def test_a_short_foreign_voice_alerts_only_when_a_second_window_confirms_it():
+    student, other = _scoring(1.0), _scoring(0.4)
     det, wins = _scripted_detector(pair_min=1.0, embed_min=1.5)
     alerts, _ = _step(det, wins[0], [(0.0, 6.0)], [student])  # enrolls the student
     assert alerts == [] and det.enrolled is not None
@@ -186,6 +192,30 @@ def test_a_short_foreign_voice_alerts_only_when_a_second_window_confirms_it():
     assert len(requests) == 2 and alerts == []
     alerts, _ = _step(det, wins[2], pair, [student, other])  # seen again: alert
     assert [str(a.type) for a in alerts] == ["multiple_voices"]
+
+
+def test_a_short_voice_far_from_the_student_alerts_at_once():
+    det, wins = _scripted_detector(pair_min=1.0, embed_min=1.5, short_sure=0.3)
+    _step(det, wins[0], [(0.0, 6.0)], [_scoring(1.0)])
+    pair = [(0.0, 4.0), (4.4, 5.6)]  # 1.2 s, but scoring 0.2: no second look needed
+    alerts, _ = _step(det, wins[1], pair, [_scoring(1.0), _scoring(0.2)])
+    assert [str(a.type) for a in alerts] == ["multiple_voices"]
+
+
+def test_a_check_just_under_the_threshold_waits_for_a_second_look_and_a_clear_one_not():
+    det, wins = _scripted_detector(check_every=2.0, same_speaker=0.55, doubt_band=0.05)
+    whole = [(0.0, 6.0)]
+    _step(det, wins[0], whole, [_scoring(1.0)])
+    _step(det, wins[1], whole, [])
+    alerts, _ = _step(det, wins[2], whole, [_scoring(0.52)])  # within the band: doubt
+    assert alerts == [] and det.focused
+    alerts, _ = _step(det, wins[3], whole, [_scoring(1.0)])  # the student after all
+    assert alerts == [] and not det.focused
+    det, wins = _scripted_detector(check_every=2.0, same_speaker=0.55, doubt_band=0.05)
+    _step(det, wins[0], whole, [_scoring(1.0)])
+    _step(det, wins[1], whole, [])
+    alerts, _ = _step(det, wins[2], whole, [_scoring(0.48)])  # under the band: at once
+    assert [str(a.type) for a in alerts] == ["unknown_voice"]
 
 
 def test_a_long_foreign_voice_alerts_at_once_and_a_short_matching_one_never():
@@ -201,22 +231,15 @@ def test_a_long_foreign_voice_alerts_at_once_and_a_short_matching_one_never():
 
 
 def test_a_suspect_voice_is_looked_at_again_on_its_own_speech_not_the_whole_window():
-    import numpy as np
-
-    e = np.eye(192, dtype=np.float32)
-
-    def scoring(similarity):  # a unit vector at this cosine from the student's
-        return (similarity * e[0] + np.sqrt(1 - similarity**2) * e[1]).astype(np.float32)
-
     det, wins = _scripted_detector(check_every=2.0, check_seconds=2.0)
     whole = [(0.0, 6.0)]
-    _step(det, wins[0], whole, [e[0]])  # enrolls
+    _step(det, wins[0], whole, [_scoring(1.0)])  # enrolls
     _step(det, wins[1], whole, [])  # 1 s of new speech: no check yet
-    alerts, pieces = _step(det, wins[2], whole, [scoring(0.5)])  # a marginal mismatch
+    alerts, pieces = _step(det, wins[2], whole, [_scoring(0.52)])  # a marginal mismatch
     assert alerts == [] and pieces[0].size == 2 * 16_000 and det.focused
     # The second look embeds the suspected 2 s and the 1 s said since: not the 3 s of
     # the student before them, which would pull a newcomer's score up to a match.
-    alerts, pieces = _step(det, wins[3], whole, [scoring(0.5)])
+    alerts, pieces = _step(det, wins[3], whole, [_scoring(0.52)])
     assert pieces[0].size == 3 * 16_000
     assert [str(a.type) for a in alerts] == ["unknown_voice"]
 
@@ -239,6 +262,7 @@ def test_a_thinned_stream_looks_at_every_window_while_something_is_suspicious():
     second = next_window()
     assert second.end - first.end == 3.0
     pair = [(0.0, 4.0), (4.4, 5.6)]  # a short voice that is not the student's: doubt
+    other = _scoring(0.4)
     assert _step(det, second, pair, [student, other])[0] == []
     assert det.focused
     third = next_window()

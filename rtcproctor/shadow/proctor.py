@@ -8,6 +8,7 @@ and one batched step serves every student.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -17,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from rtcproctor.shadow.peer import ShadowPeer
 from rtcproctor.voice.alerts import Alert
+from rtcproctor.voice.audio import SAMPLE_RATE
+from rtcproctor.voice.detector import DetectorConfig
 from rtcproctor.voice.models import serving_threads
 from rtcproctor.voice.worker import AnalysisWorker
 
@@ -25,7 +28,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# A step starts every STEP_INTERVAL. While the worker keeps up with every window (no
+# thinning), it starts as soon as some stream completes a window instead, STEP_GAP after
+# the last step so that windows completed together share one: a window's alert then
+# waits for no clock (10 students: alert median 2.28 -> 1.96 s, p95 4.39 -> 3.89 s).
+# Under load it keeps the clock: smaller steps batch fewer embeddings (39 vs 32-35 ms
+# per window with 50 students).
 STEP_INTERVAL = 0.5
+STEP_GAP = 0.05
 
 
 @dataclass(frozen=True)
@@ -43,6 +53,7 @@ class _Stream:
     student_id: int
     key: str
     t0: float | None = None
+    samples: int = 0  # received so far: windows end at whole hops of them
 
 
 def live_worker() -> AnalysisWorker:
@@ -68,6 +79,8 @@ class ShadowProctor:
         self._by_key: dict[str, _Stream] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._frames_of_closed = 0
+        self._window_due = asyncio.Event()
+        self._hop = int(DetectorConfig().hop * SAMPLE_RATE)
         self._seconds_of_closed = 0.0
         self.error: str | None = None
 
@@ -131,6 +144,7 @@ class ShadowProctor:
     async def _analyse(self) -> None:
         while self.analyzer is not None:
             began = time.monotonic()
+            self._window_due.clear()
             try:
                 alerts = await self.analyzer.step()
                 if self.metrics is not None:
@@ -154,7 +168,18 @@ class ShadowProctor:
                     await self._on_alert(shadow)
                 except Exception:
                     log.exception("handling alert %s failed", alert)
-            await asyncio.sleep(max(0.05, STEP_INTERVAL - (time.monotonic() - began)))
+            await self._pause(began)
+
+    async def _pause(self, began: float) -> None:
+        await asyncio.sleep(STEP_GAP)
+        rest = STEP_INTERVAL - (time.monotonic() - began)
+        if rest <= 0:
+            return
+        if self.analyzer is None or self.analyzer.pacer.stride > 1:
+            await asyncio.sleep(rest)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._window_due.wait(), rest)
 
     async def offer(
         self, peer_id: str, student_id: int, description: dict[str, Any], rtc: dict[str, Any]
@@ -171,6 +196,9 @@ class ShadowProctor:
                 stream.t0 = time.time()
             if self.analyzer is not None:  # None while a dead worker is replaced
                 self.analyzer.submit(stream.key, samples)
+            before, stream.samples = stream.samples, stream.samples + len(samples)
+            if stream.samples // self._hop > before // self._hop:
+                self._window_due.set()
 
         peer = ShadowPeer(peer_id, sink, rtc, self._on_peer_failed)
         self.peers[peer_id] = peer

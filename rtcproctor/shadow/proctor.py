@@ -79,9 +79,9 @@ class ShadowProctor:
         self._by_key: dict[str, _Stream] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._frames_of_closed = 0
-        self._window_due = asyncio.Event()
-        self._hop = int(DetectorConfig().hop * SAMPLE_RATE)
         self._seconds_of_closed = 0.0
+        self._window_due = asyncio.Event()  # a stream completed a window since the last step
+        self._hop = int(DetectorConfig().hop * SAMPLE_RATE)
         self.error: str | None = None
 
     @property

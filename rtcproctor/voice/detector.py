@@ -71,12 +71,12 @@ class DetectorConfig:
         suspect: no alert until a second check at the next window also fails. Removes the
         false alerts of speakers whose enrollment happened to be atypical. In 4.4 h of
         single speakers (2.2 h through Opus) no check nor voice of `embed_min` or more
-        scored under 0.576, while a quarter of the hand-overs' first mismatches lay in
+        scored under 0.576, while many of the hand-overs' first mismatches lay in
         0.45-0.55: 0.05 (not 0.1) took the hand-overs' p95 delay from 4.36 to 3.58 s
-        with no false alert in 5.46 h of the eval set. The second look
-        embeds the suspected speech and all the voice said after it, not the whole
-        window: after a hand-over that held the student too, and the diluted second look
-        cleared the newcomer (2 of 5 hand-overs missed in 80 trials).
+        (80 trials), with the eval set's false alerts unchanged (1 in 7.09 h). The
+        second look embeds the suspected speech and all the voice said after it, not the
+        whole window: after a hand-over that held the student too, and the diluted second
+        look cleared the newcomer (2 of 5 hand-overs missed in 80 trials).
     short_sure (verdict): a voice heard for less than `embed_min` alerts without a second
         look if it scores under this. Single speakers' short pieces scored down to 0.364
         (4.4 h), a hand-over's newcomer often under 0.3 (22 of its 148 short pieces).

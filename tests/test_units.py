@@ -249,7 +249,7 @@ def test_a_thinned_stream_looks_at_every_window_while_something_is_suspicious():
 
     from rtcproctor.voice.detector import Detector, DetectorConfig
 
-    student, other = np.eye(192, dtype=np.float32)[:2]
+    student, other = _scoring(1.0), _scoring(0.4)  # `other`: a short voice in doubt
     det = Detector("s", DetectorConfig(window=6.0, hop=1.0, pair_min=1.0, embed_min=1.5))
     det.stride = 3  # a loaded server: 1 window in 3
     det.push(np.random.default_rng(0).normal(0, 0.05, 16_000 * 30).astype(np.float32))
@@ -262,7 +262,6 @@ def test_a_thinned_stream_looks_at_every_window_while_something_is_suspicious():
     second = next_window()
     assert second.end - first.end == 3.0
     pair = [(0.0, 4.0), (4.4, 5.6)]  # a short voice that is not the student's: doubt
-    other = _scoring(0.4)
     assert _step(det, second, pair, [student, other])[0] == []
     assert det.focused
     third = next_window()

@@ -297,3 +297,33 @@ def test_the_allocator_keeps_freed_memory_where_there_is_glibc():
     from rtcproctor.voice.allocator import keep_freed_memory
 
     assert keep_freed_memory() is (platform.libc_ver()[0] == "glibc")
+
+
+def test_usable_cores_follow_the_cgroup_quota_and_the_cpu_affinity(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from rtcproctor.cores import cgroup_quota, usable_cores
+
+    v2, proc = tmp_path / "v2", tmp_path / "cgroup"
+    (v2 / "system.slice" / "docker-1.scope").mkdir(parents=True)
+    (v2 / "system.slice" / "docker-1.scope" / "cpu.max").write_text("150000 100000\n")
+    (v2 / "system.slice" / "cpu.max").write_text("max 100000\n")
+    proc.write_text("0::/system.slice/docker-1.scope\n")
+    assert cgroup_quota(v2, proc) == 1.5
+    assert usable_cores(v2, proc) == min(2, len(os.sched_getaffinity(0)))
+    v1 = tmp_path / "v1"
+    (v1 / "cpu" / "docker" / "abc").mkdir(parents=True)
+    (v1 / "cpu" / "docker" / "cpu.cfs_quota_us").write_text("50000\n")  # the parent: half
+    (v1 / "cpu" / "docker" / "cpu.cfs_period_us").write_text("100000\n")
+    (v1 / "cpu" / "docker" / "abc" / "cpu.cfs_quota_us").write_text("-1\n")
+    proc.write_text("4:memory:/docker/abc\n2:cpu,cpuacct:/docker/abc\n")
+    assert cgroup_quota(v1, proc) == 0.5 and usable_cores(v1, proc) == 1
+    proc.write_text("garbage\n\n0::/nowhere\n")
+    assert cgroup_quota(v1, proc) is None
+    # The real process, pinned to one core, may use one.
+    pinned = "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))});"
+    pinned += "from rtcproctor.cores import usable_cores; print(usable_cores())"
+    out = subprocess.run([sys.executable, "-c", pinned], capture_output=True, text=True)
+    assert out.stdout.strip() == "1", out.stderr

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from rtcproctor.cores import usable_cores
 from rtcproctor.voice.allocator import keep_freed_memory
 
 # Exam audio: pyannote telemetry stays off unless the admin explicitly turns it on.
@@ -71,7 +72,7 @@ def serving_threads() -> int:
     """Torch threads for a server: one core stays for the event loop and the WebRTC
     receive path. On 2 cores, 2 threads made each window twice as slow (the threads
     wait for the loop's core) and the loop answered 10x later (bench capacity)."""
-    return max(1, (os.cpu_count() or 1) - 1)
+    return max(1, usable_cores() - 1)
 
 
 def native_bfloat16() -> bool:
@@ -100,7 +101,7 @@ def _set_threads(default: int | None) -> None:
     import torch
 
     wanted = os.environ.get(THREADS_ENV)
-    threads = int(wanted) if wanted else default or max(1, os.cpu_count() or 1)
+    threads = int(wanted) if wanted else default or usable_cores()
     # Intra-op threads help the batched LSTM; inter-op parallelism only adds contention.
     torch.set_num_threads(threads)
     if torch.get_num_interop_threads() != 1:
@@ -181,7 +182,8 @@ _cached: Models | None = None
 
 def load_models(threads: int | None = None) -> Models:
     """The process-wide models, loaded on first use (thread-safe). `threads`: torch's
-    intra-op threads (default every core; RTCPROCTOR_TORCH_THREADS overrides)."""
+    intra-op threads (default every usable core, `rtcproctor.cores`;
+    RTCPROCTOR_TORCH_THREADS overrides)."""
     global _cached
     with _lock:
         if _cached is None:

@@ -154,8 +154,9 @@ def _scripted_detector(**overrides):
     return det, det.ready_windows()
 
 
-def _activity(spans: list[tuple[float, float]]):
-    """300 frames of 20 ms; one (start, end) span of speech per local speaker."""
+def _activity(spans: list[tuple[float, float]], overlap: tuple[float, float, float] | None = None):
+    """300 frames of 20 ms; one (start, end) span of speech per local speaker, and the
+    model's overlap probability: `overlap` = (start, end, probability), else none."""
     import numpy as np
 
     from rtcproctor.voice.segmentation import Activity
@@ -163,13 +164,16 @@ def _activity(spans: list[tuple[float, float]]):
     frames = np.zeros((300, 3), bool)
     for k, (start, end) in enumerate(spans):
         frames[int(start / 0.02) : int(end / 0.02), k] = True
-    return Activity(frames, 0.02)
+    likely = np.zeros(300, np.float32)
+    if overlap is not None:
+        likely[int(overlap[0] / 0.02) : int(overlap[1] / 0.02)] = overlap[2]
+    return Activity(frames, 0.02, likely)
 
 
-def _step(det, win, spans, vectors):
+def _step(det, win, spans, vectors, overlap=None):
     import numpy as np
 
-    requests = det.assess(win, _activity(spans))
+    requests = det.assess(win, _activity(spans, overlap))
     return det.conclude(win, np.array([vectors[k] for k in win.requests])), requests
 
 
@@ -216,6 +220,23 @@ def test_a_check_just_under_the_threshold_waits_for_a_second_look_and_a_clear_on
     _step(det, wins[1], whole, [])
     alerts, _ = _step(det, wins[2], whole, [_scoring(0.48)])  # under the band: at once
     assert [str(a.type) for a in alerts] == ["unknown_voice"]
+
+
+def test_a_quiet_voice_under_the_student_alerts_on_the_overlap_the_model_expects():
+    whole, student = [(0.0, 6.0)], [_scoring(1.0)]
+    det, wins = _scripted_detector(likely_overlap=0.6, soft_overlap=0.3)
+    _step(det, wins[0], whole, student)
+    # No frame is likely overlap (0.25), but 0.5 s of it is expected: suspicious, not enough.
+    alerts, _ = _step(det, wins[1], whole, student, overlap=(3.0, 5.0, 0.25))
+    assert alerts == [] and det.focused
+    alerts, _ = _step(det, wins[2], whole, student, overlap=(2.0, 5.0, 0.25))  # 0.75 s
+    assert [str(a.type) for a in alerts] == ["multiple_voices"]
+    assert alerts[0].start == wins[2].start + 2.0
+    det, wins = _scripted_detector(likely_overlap=0.6, soft_overlap=0.3)
+    _step(det, wins[0], whole, student)
+    for win in wins[1:4]:  # what single speakers' windows hold: 0.24 s, however often
+        alerts, _ = _step(det, win, whole, student, overlap=(0.0, 6.0, 0.04))
+        assert alerts == [] and not det.focused
 
 
 def test_a_long_foreign_voice_alerts_at_once_and_a_short_matching_one_never():

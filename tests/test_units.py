@@ -206,6 +206,25 @@ def test_a_short_voice_far_from_the_student_alerts_at_once():
     assert [str(a.type) for a in alerts] == ["multiple_voices"]
 
 
+def test_a_short_voice_after_a_silence_alerts_if_far_from_the_student_else_looks_again():
+    def fresh():
+        det, wins = _scripted_detector(pair_min=0.8, embed_min=1.5, short_sure=0.3)
+        _step(det, wins[0], [(0.0, 6.0)], [_scoring(1.0)])  # enrolls
+        return det, wins
+
+    det, wins = fresh()
+    alerts, requests = _step(det, wins[1], [(5.5, 6.0)], [])  # 0.5 s: too short to embed
+    assert requests == [] and alerts == []
+    det, wins = fresh()
+    alerts, requests = _step(det, wins[1], [(4.8, 6.0)], [_scoring(0.2)])  # 1.2 s, far off
+    assert len(requests) == 1 and [str(a.type) for a in alerts] == ["unknown_voice"]
+    det, wins = fresh()
+    alerts, _ = _step(det, wins[1], [(4.8, 6.0)], [_scoring(0.45)])  # 1.2 s, in doubt
+    assert alerts == [] and det.focused
+    alerts, _ = _step(det, wins[2], [(3.8, 6.0)], [_scoring(0.45)])  # 2.2 s: fails again
+    assert [str(a.type) for a in alerts] == ["unknown_voice"]
+
+
 def test_a_check_just_under_the_threshold_waits_for_a_second_look_and_a_clear_one_not():
     det, wins = _scripted_detector(check_every=2.0, same_speaker=0.55, doubt_band=0.05)
     whole = [(0.0, 6.0)]

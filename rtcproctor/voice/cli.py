@@ -50,7 +50,9 @@ def add_bench_parser(kinds: argparse._SubParsersAction) -> argparse.ArgumentPars
     parser = kinds.add_parser("voice", help="voice detector: recall, false alerts, delay, speed")
     parser.add_argument("--eval-dir", type=Path, default=DEFAULT_EVAL_DIR)
     parser.add_argument("--seed", type=int, default=1234)
-    parser.add_argument("--trials", type=int, default=40, help="mixtures per condition")
+    parser.add_argument(
+        "--trials", type=int, default=80, help="mixtures per condition (40 missed rare misses)"
+    )
     parser.add_argument(
         "--single-minutes", type=float, default=120.0, help="single-speaker audio to score"
     )
@@ -64,6 +66,9 @@ def add_bench_parser(kinds: argparse._SubParsersAction) -> argparse.ArgumentPars
         help="override a DetectorConfig field (tuning on the eval set)",
     )
     parser.add_argument("--verbose", action="store_true", help="list misses and false alerts")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs of `analyze` on the 1 h file (median printed)"
+    )
     _add_pace(parser, "recall as a loaded server analyses it: 1 window in N (default 1)")
     parser.add_argument("--conditions", help="comma-separated subset of the mixture conditions")
     parser.add_argument(

@@ -481,6 +481,22 @@ def latency_figures(episodes: list[Episode]) -> dict[str, Any]:
     return figures
 
 
+def missed_details(cap: Capacity) -> list[str]:
+    """Which second voices were missed, where in their student's stream: enough to replay
+    that stretch offline (the loop's position is the stream time modulo its length)."""
+    out = []
+    for e in cap.run.episodes:
+        if e.onset is None or e.alert_at is not None:
+            continue
+        mic = cap.mics[e.student]
+        stream = e.onset - mic.started_at if mic.started_at is not None else float("nan")
+        out.append(
+            f"student {e.student} ({mic.mic.voice}, helper {mic.mic.helper}): "
+            f"{e.seconds:.1f} s from {stream:.1f} s into its stream"
+        )
+    return out
+
+
 def figures(cap: Capacity) -> dict[str, Any]:
     run, args = cap.run, cap.args
     out: dict[str, Any] = {
@@ -509,6 +525,7 @@ def figures(cap: Capacity) -> dict[str, Any]:
         "miss_after_s": args.miss_after,
         "false_voice_alerts": run.false_alerts,
         "false_voice_alert_details": run.false_details,
+        "missed_details": missed_details(cap),
         "single_voice_hours": round(run.single_hours, 3),
         "mic_silent_alerts": run.mic_silent,
         "servers": [],
@@ -695,6 +712,8 @@ def print_report(out: dict[str, Any], own_server: bool) -> None:
         f"  alerts     {alerts['alerted']} of {alerts['second_voices']} second voices alerted, "
         f"{alerts['missed']} missed (none within {out['miss_after_s']:g} s)"
     )
+    for detail in out["missed_details"]:
+        p(f"             missed: {detail}")
     hours = out["single_voice_hours"]
     p(
         f"  false      {out['false_voice_alerts']} voice alerts on {hours:.2f} h "

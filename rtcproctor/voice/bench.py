@@ -300,6 +300,11 @@ def score(condition: str, trials: list[Trial], run: RunResult, config: DetectorC
     )
 
 
+# The targets: second voices at the student's level or 10 dB under it, through
+# Opus too, talking over, after or instead of the student (quiet20 goes beyond them).
+TARGETED = ("handoff", "overlap", "quiet10", "gap_whisper", "opus_quiet10")
+
+
 def _pairs(corpus: Corpus, n: int, rng: np.random.Generator) -> list[tuple[str, str]]:
     ids = sorted(corpus.utterances)
     out = []
@@ -377,6 +382,7 @@ def run(args: argparse.Namespace) -> int:
         print("\nrecall / delay (episodes 3-6 s), false voice alerts on single-speaker audio")
         print(header)
     total_false, total_hours = 0, 0.0
+    targeted: list[Score] = []
     for condition in conditions:
         n = single_n if condition.endswith("single") else trials_n
         # One generator per condition: a subset of conditions builds the same mixtures.
@@ -394,6 +400,8 @@ def run(args: argparse.Namespace) -> int:
         s = score(condition, trials, run_result, config)
         total_false += s.false_alerts
         total_hours += s.single_hours
+        if condition in TARGETED:
+            targeted.append(s)
         print(s.line(), flush=True)
         if getattr(args, "verbose", False):
             for note in s.notes:
@@ -406,6 +414,18 @@ def run(args: argparse.Namespace) -> int:
             f"{'ALL single':<13} {'':>6} {'':>6} {'':>8} {'':>8} {'':>8} {total_false:>6} "
             f"{total_hours:7.2f} {total_false / total_hours:8.2f}"
         )
+    if targeted:
+        pooled = Score(
+            "ALL targeted",
+            sum(t.trials for t in targeted),
+            sum(t.detected for t in targeted),
+            [d for t in targeted for d in t.delays],
+            sum(t.false_alerts for t in targeted),
+            sum(t.single_hours for t in targeted),
+            {},
+            [d for t in targeted for d in t.audio_delays],
+        )
+        print(pooled.line() + "  (" + ", ".join(t.condition for t in targeted) + ")")
 
     if "speed" in parts:
         _bench_speed(args, corpus, config, rng)

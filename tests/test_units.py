@@ -226,18 +226,21 @@ def test_a_short_voice_after_a_silence_alerts_if_far_from_the_student_else_looks
 
 
 def test_a_check_just_under_the_threshold_waits_for_a_second_look_and_a_clear_one_not():
-    det, wins = _scripted_detector(check_every=2.0, same_speaker=0.55, doubt_band=0.05)
     whole = [(0.0, 6.0)]
-    _step(det, wins[0], whole, [_scoring(1.0)])
-    _step(det, wins[1], whole, [])
-    alerts, _ = _step(det, wins[2], whole, [_scoring(0.52)])  # within the band: doubt
+
+    def checked(similarity: float):
+        """Enrolled, then the first identity check scores `similarity`."""
+        det, wins = _scripted_detector(check_every=2.0, same_speaker=0.55, doubt_band=0.05)
+        _step(det, wins[0], whole, [_scoring(1.0)])
+        _step(det, wins[1], whole, [])
+        alerts, _ = _step(det, wins[2], whole, [_scoring(similarity)])
+        return det, wins, alerts
+
+    det, wins, alerts = checked(0.52)  # within the band: doubt
     assert alerts == [] and det.focused
     alerts, _ = _step(det, wins[3], whole, [_scoring(1.0)])  # the student after all
     assert alerts == [] and not det.focused
-    det, wins = _scripted_detector(check_every=2.0, same_speaker=0.55, doubt_band=0.05)
-    _step(det, wins[0], whole, [_scoring(1.0)])
-    _step(det, wins[1], whole, [])
-    alerts, _ = _step(det, wins[2], whole, [_scoring(0.48)])  # under the band: at once
+    _det, _wins, alerts = checked(0.48)  # under the band: at once
     assert [str(a.type) for a in alerts] == ["unknown_voice"]
 
 

@@ -30,7 +30,6 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import socketio
@@ -48,7 +47,7 @@ from rtcproctor.bench.replay import (
 )
 from rtcproctor.bench.server import BenchServer
 from rtcproctor.bench.shadow import health, wait_voice
-from rtcproctor.bench.speech import DEFAULT_EVAL_DIR, EncodedMic, encode_mics, find_speech
+from rtcproctor.bench.speech import EncodedMic, encode_mics, find_speech
 
 log = logging.getLogger("rtcproctor.bench")
 
@@ -59,7 +58,6 @@ LAG_EVERY = 5.0  # seconds between two readings of the voice lag
 ANSWER_EVERY = 1.0  # seconds between two timed GET /healthz
 LOOP_SECONDS = 20.0  # each microphone loops this much of its speaker
 EPISODE_GAP = 14.0  # silence of the helper between two episodes on one student
-MISS_AFTER = 30.0  # default: an alert later than this after the helper's onset is missed
 END_SLACK = 1.0  # an alert whose end is this much before an onset belongs to earlier audio
 GENERATOR_NICE = -10
 GO_LIVE_GAP = 0.1  # seconds between two students going live (a class arriving)
@@ -68,7 +66,7 @@ WATCH_BATCH = 500  # codes per proctor:watch (the protocol's limit)
 FRAMES_MIN = 0.95  # audio frames analysed / frames due by the wall clock
 LATENCY_P95_MAX = 10.0  # seconds: a 6 s window, a 2 s hop, the step and the push
 GROWTH_MAX = 2.0  # seconds: late episodes' median latency minus early episodes'
-DETECTED_MIN = 0.9  # share of second voices alerted within MISS_AFTER
+DETECTED_MIN = 0.9  # share of second voices alerted within --miss-after
 
 
 @dataclass
@@ -911,63 +909,3 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
     return main(args)
-
-
-def add_parser(kinds: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = kinds.add_parser(
-        "capacity", help="students analysed in real time: CPU, memory, alert latency per stream"
-    )
-    parser.add_argument("--students", type=int, default=50)
-    parser.add_argument("--seconds", type=float, default=60.0, help="steady-state window")
-    parser.add_argument(
-        "--warmup", type=float, default=30.0, help="seconds after all are live before measuring"
-    )
-    parser.add_argument(
-        "--second-voice-every",
-        type=int,
-        default=5,
-        metavar="K",
-        help="every K-th student gets a second voice (0: none)",
-    )
-    parser.add_argument(
-        "--episode", type=float, default=6.0, help="seconds each second voice talks"
-    )
-    parser.add_argument(
-        "--miss-after",
-        type=float,
-        default=MISS_AFTER,
-        metavar="SECONDS",
-        help="an alert later than this after the second voice's onset counts as missed",
-    )
-    parser.add_argument(
-        "--server",
-        action="append",
-        metavar="URL",
-        help="measure running server(s) (repeat or comma-separate); default: start one",
-    )
-    parser.add_argument(
-        "--key", action="append", help="proctor key for --server (one, or one per server)"
-    )
-    parser.add_argument(
-        "--speech",
-        action="append",
-        type=Path,
-        metavar="FILE",
-        help="single-speaker speech files to use instead of the evaluation set (repeat)",
-    )
-    parser.add_argument("--eval-dir", type=Path, default=DEFAULT_EVAL_DIR)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument(
-        "--processes",
-        type=int,
-        default=1,
-        metavar="N",
-        help="start N servers over a redis-server of their own (students spread over them)",
-    )
-    parser.add_argument(
-        "--compare",
-        action="store_true",
-        help="run with 1 process, then with --processes, and print the ratio",
-    )
-    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
-    parser.set_defaults(func=run)

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from rtcproctor.voice.bench import DEFAULT_EVAL_DIR
+
+MISS_AFTER = 30.0  # default: an alert later than this after the helper's onset is missed
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -13,12 +20,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     from rtcproctor.voice.cli import add_bench_parser
 
     add_bench_parser(kinds)
-    from rtcproctor.bench.shadow import add_parser as add_shadow
-
-    add_shadow(kinds)
-    from rtcproctor.bench.capacity import add_parser as add_capacity
-
-    add_capacity(kinds)
+    _add_shadow(kinds)
+    _add_capacity(kinds)
     signaling = kinds.add_parser("signaling", help="clients held, relay rate and latency, go-live")
     signaling.add_argument(
         "--server",
@@ -51,6 +54,87 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         default=5,
         help="Go Live -> first video frame repetitions (at least 1)",
     )
+
+
+def _later(module: str) -> Callable[[argparse.Namespace], int]:
+    """The `run` of a bench module, imported only when that bench runs: the benches
+    import aiortc, PyAV and socketio, which every other command (`analyze`) would
+    otherwise load while it builds its parser."""
+
+    def run(args: argparse.Namespace) -> int:
+        return int(importlib.import_module(module).run(args))
+
+    return run
+
+
+def _add_shadow(kinds: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = kinds.add_parser("shadow", help="shadow peers joining and leaving: memory stays flat")
+    parser.add_argument("--cycles", type=int, default=200)
+    parser.add_argument("--parallel", type=int, default=4)
+    parser.add_argument("--hold", type=float, default=2.0, help="seconds live per cycle")
+    parser.add_argument("--warmup", type=int, default=5, help="cycles per student before measuring")
+    parser.add_argument("--audio", type=Path, help="audio to stream (default: a synthetic tone)")
+    parser.set_defaults(func=_later("rtcproctor.bench.shadow"))
+
+
+def _add_capacity(kinds: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = kinds.add_parser(
+        "capacity", help="students analysed in real time: CPU, memory, alert latency per stream"
+    )
+    parser.add_argument("--students", type=int, default=50)
+    parser.add_argument("--seconds", type=float, default=60.0, help="steady-state window")
+    parser.add_argument(
+        "--warmup", type=float, default=30.0, help="seconds after all are live before measuring"
+    )
+    parser.add_argument(
+        "--second-voice-every",
+        type=int,
+        default=5,
+        metavar="K",
+        help="every K-th student gets a second voice (0: none)",
+    )
+    parser.add_argument(
+        "--episode", type=float, default=6.0, help="seconds each second voice talks"
+    )
+    parser.add_argument(
+        "--miss-after",
+        type=float,
+        default=MISS_AFTER,
+        metavar="SECONDS",
+        help="an alert later than this after the second voice's onset counts as missed",
+    )
+    parser.add_argument(
+        "--server",
+        action="append",
+        metavar="URL",
+        help="measure running server(s) (repeat or comma-separate); default: start one",
+    )
+    parser.add_argument(
+        "--key", action="append", help="proctor key for --server (one, or one per server)"
+    )
+    parser.add_argument(
+        "--speech",
+        action="append",
+        type=Path,
+        metavar="FILE",
+        help="single-speaker speech files to use instead of the evaluation set (repeat)",
+    )
+    parser.add_argument("--eval-dir", type=Path, default=DEFAULT_EVAL_DIR)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="start N servers over a redis-server of their own (students spread over them)",
+    )
+    parser.add_argument(
+        "--compare",
+        action="store_true",
+        help="run with 1 process, then with --processes, and print the ratio",
+    )
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.set_defaults(func=_later("rtcproctor.bench.capacity"))
 
 
 def run(args: argparse.Namespace) -> int:

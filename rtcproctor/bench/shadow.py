@@ -120,13 +120,3 @@ def run(args: argparse.Namespace) -> int:
         return asyncio.run(churn(args, server))
     finally:
         server.stop()
-
-
-def add_parser(kinds: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = kinds.add_parser("shadow", help="shadow peers joining and leaving: memory stays flat")
-    parser.add_argument("--cycles", type=int, default=200)
-    parser.add_argument("--parallel", type=int, default=4)
-    parser.add_argument("--hold", type=float, default=2.0, help="seconds live per cycle")
-    parser.add_argument("--warmup", type=int, default=5, help="cycles per student before measuring")
-    parser.add_argument("--audio", type=Path, help="audio to stream (default: a synthetic tone)")
-    parser.set_defaults(func=run)

@@ -25,7 +25,6 @@ import numpy as np
 from rtcproctor.shadow.peer import PTIME_MS
 from rtcproctor.voice.audio import SAMPLE_RATE, block_rms, load_audio, loop_speech
 
-DEFAULT_EVAL_DIR = Path(__file__).resolve().parents[2] / ".." / "shared" / "eval"
 # The packet time the shadow peer asks for in its answer, which browsers follow.
 FRAME = SAMPLE_RATE * PTIME_MS // 1000
 OPUS_BITRATE = 32_000

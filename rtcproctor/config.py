@@ -26,6 +26,13 @@ def _policy(value: str) -> str:
     return value
 
 
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError(f"expected a whole number of at least 1, got {value!r}")
+    return number
+
+
 def _list(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
@@ -70,6 +77,7 @@ class Settings:
     turn_ttl: int = 6 * 3600
     ice_transport_policy: str = "all"
     voice: bool = True
+    voice_workers: int | None = None  # None: one per usable core, at most 4 (voice.worker)
     admin_token: str | None = None
     metrics_token: str | None = None
     trust_proxy: bool = False
@@ -118,6 +126,7 @@ class Settings:
             "TURN_TTL": ("turn_ttl", int),
             "ICE_TRANSPORT_POLICY": ("ice_transport_policy", _policy),
             "VOICE": ("voice", _bool),
+            "VOICE_WORKERS": ("voice_workers", _positive),
             "ADMIN_TOKEN": ("admin_token", str),
             "METRICS_TOKEN": ("metrics_token", str),
             "TRUST_PROXY": ("trust_proxy", _bool),

@@ -163,7 +163,7 @@ async def test_one_voice_raises_no_voice_alert(voice_server, voices):
 
 
 def worker_pids(server) -> set[int]:
-    """The server's voice worker process (spawned by multiprocessing), by its command line."""
+    """The server's voice worker processes (spawned by multiprocessing), by command line."""
     pid = server.process.pid
     children: set[int] = set()
     for task in os.listdir(f"/proc/{pid}/task"):
@@ -181,8 +181,8 @@ def worker_pids(server) -> set[int]:
 
 
 async def test_a_killed_voice_worker_is_replaced_and_alerts_come_again(voice_server, voices):
-    """Inference runs in a process of its own: if the kernel kills it (out of memory), the
-    server starts another and renews the students' hidden peers; alerts resume."""
+    """Inference runs in processes of its own: if the kernel kills one (out of memory),
+    the server starts them again and renews the students' hidden peers; alerts resume."""
     exam = voice_server.codes("Ann")
     code, key = exam["students"][0]["code"], exam["proctor_key"]
     proctor = await spawn("proctor", "--server", voice_server.url, "--code", code, "--key", key)
@@ -191,16 +191,17 @@ async def test_a_killed_voice_worker_is_replaced_and_alerts_come_again(voice_ser
     )
     try:
         await lines_until(proctor, lambda e: e["type"] == "media", within=60)
-        (old,) = worker_pids(voice_server)
+        before = worker_pids(voice_server)
+        old = min(before)
         killed_at = time.time()
         os.kill(old, 9)
         for _ in range(200):
             health = voice_server.health()
             pids = worker_pids(voice_server)
-            if health["voice"] == "ready" and pids and old not in pids:
+            if health["voice"] == "ready" and len(pids) == len(before) and old not in pids:
                 break
             await asyncio.sleep(0.5)
-        assert pids and old not in pids
+        assert len(pids) == len(before) and old not in pids
 
         # Only an alert on audio heard after the kill counts: the new worker raised it.
         def new(event: dict) -> bool:
@@ -212,3 +213,37 @@ async def test_a_killed_voice_worker_is_replaced_and_alerts_come_again(voice_ser
     finally:
         await stop(student, proctor)
     await asyncio.to_thread(voice_server.wait_no_shadow_peers, 10)
+
+
+async def test_a_worker_of_two_processes_shares_the_streams_out_and_hears_each(voices):
+    """Streams go to the worker process (lane) with the fewest; each raises its own
+    students' alerts; a closed stream's place is the next one's."""
+    from rtcproctor.voice.audio import SAMPLE_RATE, load_audio
+    from rtcproctor.voice.worker import AnalysisWorker
+
+    worker = AnalysisWorker(processes=2)
+    await worker.start()
+    try:
+        two, one = load_audio(voices["two"]), load_audio(voices["one"])
+        streams = {"two-a": two, "two-b": two, "one": one}
+        alerts, windows = [], 0
+        chunk = SAMPLE_RATE // 2
+        for start in range(0, min(s.size for s in streams.values()), chunk):
+            for name, samples in streams.items():
+                worker.submit(name, samples[start : start + chunk])
+            for lane in range(worker.lanes):
+                alerts += await worker.step(lane)
+                windows += worker.last.windows
+        homes = dict(worker._home)
+        assert set(homes.values()) == {0, 1}
+        assert homes["two-a"] != homes["two-b"]
+        voiced = {a.stream for a in alerts if a.type != "mic_silent"}
+        assert voiced == {"two-a", "two-b"}, [(a.stream, a.type) for a in alerts]
+        assert windows > 0 and worker.pacer.stride >= 1
+
+        worker.close("two-a")
+        await worker.step(homes["two-a"])
+        worker.submit("late", one[:chunk])
+        assert worker._home["late"] == homes["two-a"]
+    finally:
+        await worker.stop()

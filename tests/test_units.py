@@ -86,6 +86,10 @@ def test_settings_from_env_and_flags(tmp_path: Path):
     assert settings.override(port=1234, host=None).port == 1234
     with pytest.raises(ValueError, match="RTCPROCTOR_PORT"):
         Settings.from_env({"RTCPROCTOR_PORT": "eighty"})
+    assert Settings.from_env({}).voice_workers is None
+    assert Settings.from_env({"RTCPROCTOR_VOICE_WORKERS": "3"}).voice_workers == 3
+    with pytest.raises(ValueError, match="RTCPROCTOR_VOICE_WORKERS"):
+        Settings.from_env({"RTCPROCTOR_VOICE_WORKERS": "0"})
 
 
 def test_roster_reads_plain_lists_and_csv(tmp_path: Path):
@@ -365,8 +369,9 @@ def test_usable_cores_follow_the_cgroup_quota_and_the_cpu_affinity(tmp_path):
     assert cgroup_quota(v1, proc) == 0.5 and usable_cores(v1, proc) == 1
     proc.write_text("garbage\n\n0::/nowhere\n")
     assert cgroup_quota(v1, proc) is None
-    # The real process, pinned to one core, may use one.
+    # The real process, pinned to one core, may use one: one voice worker, one thread.
     pinned = "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))});"
-    pinned += "from rtcproctor.cores import usable_cores; print(usable_cores())"
+    pinned += "from rtcproctor.cores import usable_cores; print(usable_cores());"
+    pinned += "from rtcproctor.voice.worker import serving_layout as s; print(s(), s(3))"
     out = subprocess.run([sys.executable, "-c", pinned], capture_output=True, text=True)
-    assert out.stdout.strip() == "1", out.stderr
+    assert out.stdout.split("\n")[:2] == ["1", "(1, 1) (3, 1)"], out.stderr

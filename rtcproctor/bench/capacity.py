@@ -109,7 +109,7 @@ class Target:
     watcher: AlertWatcher | None = None
     students: list[int] = field(default_factory=list)
     cpu: CpuSample | None = None  # over the window
-    rss_before: int | None = None  # bytes, voice ready and no student yet
+    rss_before: int | None = None  # bytes (PSS), voice ready and no student yet
     rss_after: int | None = None
     frames: int | None = None  # shadow audio frames analysed during the window
     shadow_peers: int | None = None  # at the end of the window
@@ -245,7 +245,7 @@ class Capacity:
                 await target.watcher.start([self.codes[i] for i in target.students])
                 if target.pid is not None:
                     first = sample(target.pid)
-                    target.rss_before = first.rss if first else None
+                    target.rss_before = first.memory if first else None
             mics = await mics_task
         finally:
             mics_task.cancel()
@@ -357,7 +357,7 @@ class Capacity:
             cpu1, frames1 = await asyncio.to_thread(self._snapshot, target)
             if cpu0 is not None and cpu1 is not None:
                 target.cpu = cpu1.minus(cpu0)
-                target.rss_after = cpu1.rss
+                target.rss_after = cpu1.memory
             if frames0 is not None and frames1 is not None:
                 target.frames = frames1 - frames0
             metrics = await asyncio.to_thread(scrape, target.server.url)
@@ -641,8 +641,8 @@ def print_report(out: dict[str, Any], own_server: bool) -> None:
             grown = server["rss_mib"] - server["rss_before_mib"]
             per = grown / max(1, server["students"])
             p(
-                f"  server RSS {server['rss_mib']:.0f} MiB ({server['rss_before_mib']:.0f} MiB "
-                f"before students, {per:+.1f} MiB per stream; voice worker included)"
+                f"  server mem {server['rss_mib']:.0f} MiB ({server['rss_before_mib']:.0f} MiB "
+                f"before students, {per:+.1f} MiB per stream; PSS, voice workers included)"
             )
         else:
             p(f"  server CPU not measurable: {server['url']} is not a process on this machine")

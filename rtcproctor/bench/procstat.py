@@ -25,9 +25,9 @@ LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0", ""}
 class CpuSample:
     total: float  # seconds, all threads, child processes included
     loop: float  # the main (event-loop) thread
-    children: float  # live child processes (the voice worker)
+    children: float  # live child processes (the voice workers)
     waited: float  # seconds threads were runnable but waiting for a core (all threads)
-    rss: int  # bytes
+    memory: int  # bytes: PSS of the process and its children (shared pages once), else RSS
     by_thread: dict[int, float] = field(default_factory=dict, repr=False)  # waited per thread
 
     def minus(self, earlier: CpuSample) -> CpuSample:
@@ -38,7 +38,7 @@ class CpuSample:
             self.loop - earlier.loop,
             max(0.0, self.children - earlier.children),
             waited,
-            self.rss,
+            self.memory,
         )
 
 
@@ -73,7 +73,7 @@ def sample(pid: int) -> CpuSample | None:
         process = psutil.Process(pid)
         with process.oneshot():
             times = process.cpu_times()
-            rss = process.memory_info().rss
+            memory = _memory(process)
             threads = process.threads()
         children = process.children(recursive=True)
     except psutil.Error:
@@ -84,13 +84,22 @@ def sample(pid: int) -> CpuSample | None:
             with child.oneshot():
                 t = child.cpu_times()
                 child_cpu += t.user + t.system
-                rss += child.memory_info().rss
+                memory += _memory(child)
         except psutil.Error:
             continue
     loop = sum(t.user_time + t.system_time for t in threads if t.id == pid)
     total = times.user + times.system + times.children_user + times.children_system + child_cpu
     waited = _waited(pid, [t.id for t in threads])
-    return CpuSample(total, loop, child_cpu, sum(waited.values()), rss, waited)
+    return CpuSample(total, loop, child_cpu, sum(waited.values()), memory, waited)
+
+
+def _memory(process: psutil.Process) -> int:
+    """Proportional set size where the OS tells it: the server's voice workers share
+    torch's libraries, which their RSS would count once each."""
+    try:
+        return int(process.memory_full_info().pss)
+    except (AttributeError, psutil.AccessDenied):
+        return int(process.memory_info().rss)
 
 
 def _waited(pid: int, threads: list[int]) -> dict[int, float]:

@@ -5,6 +5,6 @@ detector (below: it feeds it 16 kHz mono samples and reports what it found).
 """
 
 from rtcproctor.shadow.peer import ShadowPeer
-from rtcproctor.shadow.proctor import ShadowAlert, ShadowProctor
+from rtcproctor.shadow.proctor import ShadowAlert, ShadowProctor, live_worker
 
-__all__ = ["ShadowAlert", "ShadowPeer", "ShadowProctor"]
+__all__ = ["ShadowAlert", "ShadowPeer", "ShadowProctor", "live_worker"]

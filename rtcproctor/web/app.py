@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -312,11 +313,12 @@ def create_app(settings: Settings) -> web.Application:
         signaling.metrics = app[METRICS]
         app[METRICS].read_from(lambda: scrape.snapshot(signaling))
         if settings.voice:
-            from rtcproctor.shadow import ShadowProctor
+            from rtcproctor.shadow import ShadowProctor, live_worker
 
             signaling.shadow = ShadowProctor(
                 on_alert=signaling.on_shadow_alert,
                 on_peer_failed=signaling.shadow_peer_failed,
+                worker_factory=partial(live_worker, settings.voice_workers),
                 metrics=app[METRICS],
             )
             app[SHADOW] = asyncio.create_task(_start_shadow(signaling))

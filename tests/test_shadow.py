@@ -216,8 +216,9 @@ async def test_a_killed_voice_worker_is_replaced_and_alerts_come_again(voice_ser
 
 
 async def test_a_worker_of_two_processes_shares_the_streams_out_and_hears_each(voices):
-    """Streams go to the worker process (lane) with the fewest; each raises its own
-    students' alerts; a closed stream's place is the next one's."""
+    """Streams go to the worker process with the fewest; each process raises its own
+    students' alerts, which one step brings back; a closed stream's place is the next
+    one's."""
     from rtcproctor.voice.audio import SAMPLE_RATE, load_audio
     from rtcproctor.voice.worker import AnalysisWorker
 
@@ -231,9 +232,8 @@ async def test_a_worker_of_two_processes_shares_the_streams_out_and_hears_each(v
         for start in range(0, min(s.size for s in streams.values()), chunk):
             for name, samples in streams.items():
                 worker.submit(name, samples[start : start + chunk])
-            for lane in range(worker.lanes):
-                alerts += await worker.step(lane)
-                windows += worker.last.windows
+            alerts += await worker.step()
+            windows += worker.last.windows
         homes = dict(worker._home)
         assert set(homes.values()) == {0, 1}
         assert homes["two-a"] != homes["two-b"]
@@ -242,7 +242,7 @@ async def test_a_worker_of_two_processes_shares_the_streams_out_and_hears_each(v
         assert windows > 0 and worker.pacer.stride >= 1
 
         worker.close("two-a")
-        await worker.step(homes["two-a"])
+        await worker.step()
         worker.submit("late", one[:chunk])
         assert worker._home["late"] == homes["two-a"]
     finally:

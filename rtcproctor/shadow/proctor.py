@@ -142,26 +142,18 @@ class ShadowProctor:
         return True
 
     async def _analyse(self) -> None:
-        """Each worker process (lane) steps on its own clock; when one dies, the others
-        finish their step and all are started again."""
-        while (worker := self.analyzer) is not None:
-            broken = asyncio.Event()
-            await asyncio.gather(*(self._lane(worker, i, broken) for i in range(worker.lanes)))
-            if not await self._restart():
-                return
-
-    async def _lane(self, worker: AnalysisWorker, lane: int, broken: asyncio.Event) -> None:
-        while not broken.is_set():
+        while self.analyzer is not None:
             began = time.monotonic()
             self._window_due.clear()
             try:
-                alerts = await worker.step(lane)
+                alerts = await self.analyzer.step()
                 if self.metrics is not None:
-                    last = worker.last
+                    last = self.analyzer.last
                     self.metrics.step(last.seconds, last.windows, last.skipped)
             except BrokenProcessPool:
-                broken.set()
-                return
+                if not await self._restart():
+                    return
+                alerts = []
             except Exception:
                 log.exception("voice analysis step failed")
                 alerts = []

@@ -25,6 +25,7 @@ import signal
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -136,7 +137,7 @@ class Pace:
 
 @dataclass
 class _Lane:
-    """One worker process and what it last reported."""
+    """One worker process, its share of a step, and what it last reported."""
 
     pool: ProcessPoolExecutor
     pace: Pace = field(default_factory=Pace)
@@ -145,25 +146,20 @@ class _Lane:
 
 @dataclass
 class AnalysisWorker:
-    """Event-loop side: collects samples per stream; `step(lane)` ships a lane's (a worker
-    process's) streams to it and brings its alerts back. Each stream stays in one lane;
-    lanes step independently, so that none waits for a slower one. Not thread-safe:
-    use it from the event loop."""
+    """Event-loop side: collects samples per stream; `step()` ships them to the worker
+    processes (each stream always to the same one) and brings their alerts back. Not
+    thread-safe: use it from the event loop."""
 
     threads: int = 1  # torch threads in each process
     processes: int = 1
     nice: int = NICE
-    last: StepStats = field(default_factory=StepStats)  # the last step of any lane
+    last: StepStats = field(default_factory=StepStats)
     description: str = ""
     _lanes: list[_Lane] = field(default_factory=list)
-    _home: dict[str, int] = field(default_factory=dict)  # stream -> its lane
+    _home: dict[str, int] = field(default_factory=dict)  # stream -> its process
     _audio: dict[str, list[np.ndarray]] = field(default_factory=dict)
     _closed: list[str] = field(default_factory=list)
     _re_enroll: list[str] = field(default_factory=list)
-
-    @property
-    def lanes(self) -> int:
-        return len(self._lanes)
 
     @property
     def pacer(self) -> Pace:
@@ -239,30 +235,53 @@ class AnalysisWorker:
             out[stream] = (pending + waiting, lag + waiting)
         return out
 
-    async def step(self, lane: int = 0) -> list[Alert]:
-        """One analysis step in the lane's worker process; raises BrokenProcessPool if it
-        died (its students' voices died with it)."""
-        if not 0 <= lane < len(self._lanes):
+    async def step(self) -> list[Alert]:
+        """One analysis step in every worker process at once. Raises BrokenProcessPool if
+        one died (its students' voices died with it); another failure is logged, and the
+        other processes' alerts still come out.
+
+        The processes step together: on their own clocks (bench capacity, 50 students)
+        they made twice as many smaller steps, which batched worse and kept the event
+        loop busier, and analysed 1 window in 3 instead of 2."""
+        if not self._lanes:
             raise RuntimeError("the voice worker is not running")
-        here = self._lanes[lane]
-
-        def mine(stream: str) -> bool:
-            return self._home.get(stream, 0) == lane
-
-        audio = {s: np.concatenate(c) for s, c in self._audio.items() if c and mine(s)}
-        for stream in audio:
-            del self._audio[stream]
-        re_enroll = tuple(s for s in self._re_enroll if mine(s))
-        closed = tuple(s for s in self._closed if mine(s))
-        self._re_enroll = [s for s in self._re_enroll if not mine(s)]
-        self._closed = [s for s in self._closed if not mine(s)]
-        for stream in closed:
-            self._home.pop(stream, None)
+        audio: list[dict[str, np.ndarray]] = [{} for _ in self._lanes]
+        closed: list[list[str]] = [[] for _ in self._lanes]
+        re_enroll: list[list[str]] = [[] for _ in self._lanes]
+        for stream, chunks in self._audio.items():
+            if chunks:
+                audio[self._home.get(stream, 0)][stream] = np.concatenate(chunks)
+        for stream in self._re_enroll:
+            re_enroll[self._home.get(stream, 0)].append(stream)
+        for stream in self._closed:
+            closed[self._home.pop(stream, 0)].append(stream)
+        self._audio, self._closed, self._re_enroll = {}, [], []
         loop = asyncio.get_running_loop()
-        result: Result = await loop.run_in_executor(
-            here.pool, _step, Batch(audio, closed, re_enroll)
+        outcomes = await asyncio.gather(
+            *(
+                loop.run_in_executor(lane.pool, _step, Batch(a, tuple(c), tuple(r)))
+                for lane, a, c, r in zip(self._lanes, audio, closed, re_enroll, strict=True)
+            ),
+            return_exceptions=True,
         )
-        self.last = result.stats
-        here.pace = Pace(result.stride, result.busy)
-        here.backlog = result.backlog
-        return result.alerts
+        alerts: list[Alert] = []
+        done: list[Result] = []
+        for lane, outcome in zip(self._lanes, outcomes, strict=True):
+            if isinstance(outcome, BrokenProcessPool):
+                raise outcome
+            if isinstance(outcome, BaseException):
+                log.error("a voice worker's step failed", exc_info=outcome)
+                continue
+            lane.pace = Pace(outcome.stride, outcome.busy)
+            lane.backlog = outcome.backlog
+            alerts += outcome.alerts
+            done.append(outcome)
+        if done:
+            self.last = StepStats(
+                windows=sum(r.stats.windows for r in done),
+                segmented=sum(r.stats.segmented for r in done),
+                embeddings=sum(r.stats.embeddings for r in done),
+                seconds=max(r.stats.seconds for r in done),
+                skipped=sum(r.stats.skipped for r in done),
+            )
+        return alerts

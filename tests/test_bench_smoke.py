@@ -118,7 +118,7 @@ def test_bench_capacity_analyses_every_stream_and_alerts_the_second_voice(
     assert due > 0 and analysed > 0
     assert "3 shadow peers at the end" in out
     assert re.search(r"server CPU [\d.]+ cores = [\d.]+ % of one core per stream", out)
-    assert re.search(r"server RSS \d+ MiB", out)
+    assert re.search(r"server mem \d+ MiB .*PSS, voice workers included", out)
     assert re.search(r"generator\s+\d+ % of one core", out)
     alerted, episodes = map(int, re.search(r"(\d+) of (\d+) second voices alerted", out).groups())
     assert episodes >= 1 and alerted >= 1, out

@@ -369,9 +369,9 @@ def test_usable_cores_follow_the_cgroup_quota_and_the_cpu_affinity(tmp_path):
     assert cgroup_quota(v1, proc) == 0.5 and usable_cores(v1, proc) == 1
     proc.write_text("garbage\n\n0::/nowhere\n")
     assert cgroup_quota(v1, proc) is None
-    # The real process, pinned to one core, may use one: one voice worker, one thread.
+    # The real process, pinned to one core, may use one: one voice worker.
     pinned = "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))});"
     pinned += "from rtcproctor.cores import usable_cores; print(usable_cores());"
-    pinned += "from rtcproctor.voice.worker import serving_layout as s; print(s(), s(3))"
+    pinned += "from rtcproctor.voice.worker import serving_processes as s; print(s(), s(3))"
     out = subprocess.run([sys.executable, "-c", pinned], capture_output=True, text=True)
-    assert out.stdout.split("\n")[:2] == ["1", "(1, 1) (3, 1)"], out.stderr
+    assert out.stdout.split("\n")[:2] == ["1", "1 3"], out.stderr

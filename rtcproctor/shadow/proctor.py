@@ -20,7 +20,7 @@ from rtcproctor.shadow.peer import ShadowPeer
 from rtcproctor.voice.alerts import Alert
 from rtcproctor.voice.audio import SAMPLE_RATE
 from rtcproctor.voice.detector import DetectorConfig
-from rtcproctor.voice.worker import AnalysisWorker, serving_layout
+from rtcproctor.voice.worker import AnalysisWorker, serving_processes
 
 if TYPE_CHECKING:
     from rtcproctor.metrics import Metrics
@@ -57,8 +57,7 @@ class _Stream:
 
 def live_worker(processes: int | None = None) -> AnalysisWorker:
     """Paced (stays in real time under load), on the cores a server can spare."""
-    count, threads = serving_layout(processes)
-    return AnalysisWorker(threads=threads, processes=count)
+    return AnalysisWorker(threads=1, processes=serving_processes(processes))
 
 
 class ShadowProctor:

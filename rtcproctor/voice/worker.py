@@ -38,18 +38,17 @@ from rtcproctor.voice.audio import SAMPLE_RATE
 log = logging.getLogger(__name__)
 
 NICE = 5  # below the server's event loop: the receive path is real time, analysis is not
-# Each process holds its own torch and models (about 0.55 GiB of private memory): more
-# than this many buy little that a few torch threads each do not.
+# Each process holds its own torch and models (about 0.55 GiB of private memory); past
+# a few, run several servers (README, "Scaling past one process").
 MAX_PROCESSES = 4
 
 
-def serving_layout(processes: int | None = None) -> tuple[int, int]:
-    """(worker processes, torch threads in each) for a server: by default one process
-    per usable core (rtcproctor.cores), up to MAX_PROCESSES, and the other cores as
-    threads. Niced, they take only what the event loop and the receive path leave."""
-    cores = usable_cores()
-    count = processes or min(cores, MAX_PROCESSES)
-    return count, max(1, cores // count)
+def serving_processes(wanted: int | None = None) -> int:
+    """Worker processes for a server: by default one per usable core (rtcproctor.cores),
+    up to MAX_PROCESSES, each with one torch thread (RTCPROCTOR_TORCH_THREADS
+    overrides): niced, they take only what the event loop and the receive path leave,
+    and a second intra-op thread made a window three times slower (bench capacity)."""
+    return wanted or min(usable_cores(), MAX_PROCESSES)
 
 
 @dataclass(frozen=True)

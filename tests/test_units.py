@@ -375,3 +375,6 @@ def test_usable_cores_follow_the_cgroup_quota_and_the_cpu_affinity(tmp_path):
     pinned += "from rtcproctor.voice.worker import serving_processes as s; print(s(), s(3))"
     out = subprocess.run([sys.executable, "-c", pinned], capture_output=True, text=True)
     assert out.stdout.split("\n")[:2] == ["1", "1 3"], out.stderr
+    from rtcproctor.voice.worker import MAX_PROCESSES, serving_processes
+
+    assert serving_processes() == max(1, min(usable_cores() - 1, MAX_PROCESSES))

@@ -77,7 +77,7 @@ class Settings:
     turn_ttl: int = 6 * 3600
     ice_transport_policy: str = "all"
     voice: bool = True
-    voice_workers: int | None = None  # None: one per usable core, at most 4 (voice.worker)
+    voice_workers: int | None = None  # None: one per usable core but one, 1 to 4 (voice.worker)
     admin_token: str | None = None
     metrics_token: str | None = None
     trust_proxy: bool = False

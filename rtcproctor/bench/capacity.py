@@ -110,7 +110,7 @@ class Target:
     students: list[int] = field(default_factory=list)
     cpu: CpuSample | None = None  # over the window
     rss_before: int | None = None  # bytes (PSS), voice ready and no student yet
-    rss_after: int | None = None
+    rss_after: int | None = None  # bytes (PSS), at the window's end
     frames: int | None = None  # shadow audio frames analysed during the window
     shadow_peers: int | None = None  # at the end of the window
     lag: list[float] = field(default_factory=list)  # voice lag through the window (/metrics)

@@ -138,7 +138,7 @@ class Pace:
 
 @dataclass
 class _Lane:
-    """One worker process, its share of a step, and what it last reported."""
+    """One worker process and what it last reported (its students: `AnalysisWorker._home`)."""
 
     pool: ProcessPoolExecutor
     pace: Pace = field(default_factory=Pace)

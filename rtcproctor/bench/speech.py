@@ -23,13 +23,18 @@ import av
 import numpy as np
 
 from rtcproctor.shadow.peer import PTIME_MS
-from rtcproctor.voice.audio import SAMPLE_RATE, block_rms, load_audio, loop_speech
+from rtcproctor.voice.audio import (
+    SAMPLE_RATE,
+    SPEAKING_WITHIN_DB,
+    block_rms,
+    load_audio,
+    loop_speech,
+)
 
 # The packet time the shadow peer asks for in its answer, which browsers follow.
 FRAME = SAMPLE_RATE * PTIME_MS // 1000
 OPUS_BITRATE = 32_000
 NOISE_DBFS = -70.0  # a quiet room, not digital silence
-HELPER_ACTIVE_BELOW_LEVEL = 20.0  # a helper frame counts as speech within this many dB
 
 # Original sentences for the synthetic voices (any text works; several keep them apart).
 PASSAGES = (
@@ -211,6 +216,6 @@ def encode_mics(
             mic.helper = voices[pick].name
             mic.joined = opus_packets(own + helper + noise)
             rms = block_rms(helper, FRAME)[: len(mic.joined)]
-            mic.helper_active = rms > 10 ** ((level - HELPER_ACTIVE_BELOW_LEVEL) / 20)
+            mic.helper_active = rms > 10 ** ((level - SPEAKING_WITHIN_DB) / 20)
         mics.append(mic)
     return mics

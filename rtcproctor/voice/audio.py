@@ -96,6 +96,11 @@ def write_wav(path: str | Path, samples: np.ndarray, rate: int = SAMPLE_RATE) ->
     return path
 
 
+# Benchmarks time a second voice from its first block of speech: a block of one voice's
+# own track whose RMS is within this many dB of the level it was mixed at.
+SPEAKING_WITHIN_DB = 20.0
+
+
 def block_rms(samples: np.ndarray, block: int) -> np.ndarray:
     """RMS of consecutive blocks (the trailing partial block is dropped)."""
     n = samples.size // block

@@ -27,7 +27,13 @@ from pathlib import Path
 import numpy as np
 
 from rtcproctor.voice.alerts import AlertType
-from rtcproctor.voice.audio import SAMPLE_RATE, load_audio, loop_speech
+from rtcproctor.voice.audio import (
+    SAMPLE_RATE,
+    SPEAKING_WITHIN_DB,
+    block_rms,
+    load_audio,
+    loop_speech,
+)
 from rtcproctor.voice.detector import DetectorConfig
 
 SR = SAMPLE_RATE
@@ -68,12 +74,21 @@ class Corpus:
 class Trial:
     name: str
     audio: np.ndarray
-    episodes: list[tuple[float, float]]  # second-voice (onset, offset), seconds
+    episodes: list[tuple[float, float]]  # second voice (first speech, end of track), seconds
     single_until: float  # [0, single_until) has one speaker only (false-alert scoring)
 
 
 def _level(x: np.ndarray, dbfs: float) -> np.ndarray:
     return (x / _rms(x) * _db(dbfs)).astype(np.float32)
+
+
+def _first_speech(voice: np.ndarray, dbfs: float) -> float:
+    """Seconds into a voice's own track (mixed at `dbfs`) until it first speaks. The loop
+    starts at a random point of an utterance, sometimes in a pause: the delay counts
+    from the second voice's first word, as `bench capacity` counts from its first packet."""
+    block = SR // 100
+    speaking = np.flatnonzero(block_rms(voice, block) > _db(dbfs - SPEAKING_WITHIN_DB))
+    return float(speaking[0] * block / SR) if speaking.size else 0.0
 
 
 def _noise(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -92,34 +107,35 @@ def make_trial(
         if condition.startswith("opus"):
             x = np.clip(opus_roundtrip(x), -1, 1)
         return Trial(f"{condition}-{idx}", x, [], 60.0)
+    start = lead  # where the second voice's track begins
     if condition == "handoff":
         pre = _level(corpus.talk(a, lead, rng), level)
-        mid = _level(corpus.talk(b, episode, rng), level)
+        second, second_db = _level(corpus.talk(b, episode, rng), level), level
         post = _level(corpus.talk(a, 10.0, rng), level)
-        x = np.concatenate([pre, mid, post])
-        eps = [(lead, lead + episode)]
+        x = np.concatenate([pre, second, post])
     elif condition in ("overlap", "quiet10", "quiet20", "opus_quiet10"):
         rel = {"overlap": 0.0, "quiet10": -10.0, "quiet20": -20.0, "opus_quiet10": -10.0}
         x = _level(corpus.talk(a, lead + episode + 10.0, rng), level)
-        helper = _level(corpus.talk(b, episode, rng), level + rel[condition])
+        second_db = level + rel[condition]
+        second = _level(corpus.talk(b, episode, rng), second_db)
         on = int(lead * SR)
-        x[on : on + helper.size] += helper
-        eps = [(lead, lead + episode)]
+        x[on : on + second.size] += second
     elif condition == "gap_whisper":
         pre = _level(corpus.talk(a, lead, rng), level)
         gap1 = np.zeros(int(8.0 * SR), np.float32)
-        mid = _level(corpus.talk(b, episode, rng), level - 10.0)
+        second_db = level - 10.0
+        second = _level(corpus.talk(b, episode, rng), second_db)
         gap2 = np.zeros(int(4.0 * SR), np.float32)
         post = _level(corpus.talk(a, 6.0, rng), level)
-        x = np.concatenate([pre, gap1, mid, gap2, post])
-        on = lead + 8.0
-        eps = [(on, on + episode)]
+        x = np.concatenate([pre, gap1, second, gap2, post])
+        start = lead + 8.0
     else:
         raise ValueError(condition)
+    eps = [(start + _first_speech(second, second_db), start + episode)]
     x = x + _noise(x.size, rng)
     if condition.startswith("opus"):
         x = opus_roundtrip(x)
-    return Trial(f"{condition}-{idx}", np.clip(x, -1, 1), eps, eps[0][0])
+    return Trial(f"{condition}-{idx}", np.clip(x, -1, 1), eps, start)
 
 
 def opus_roundtrip(x: np.ndarray, bitrate: int = 32_000) -> np.ndarray:

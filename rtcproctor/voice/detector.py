@@ -671,6 +671,7 @@ class Detector:
                     "mode": win.mode,
                     "seconds": [round(float(v), 2) for v in act.seconds()],
                     "overlap": round(float((act.frames.sum(1) > 1).sum() * act.frame_seconds), 2),
+                    "likely": round(self._likely, 2),
                     "links": dict(win.links),
                     "requests": list(win.requests),
                     "sims": {

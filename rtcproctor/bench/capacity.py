@@ -220,7 +220,13 @@ class Capacity:
         )
         log.info("encoding %d microphones (%s)", args.students, speech.description)
         return await asyncio.to_thread(
-            encode_mics, speech, args.students, self.with_helper, LOOP_SECONDS, args.seed
+            encode_mics,
+            speech,
+            args.students,
+            self.with_helper,
+            LOOP_SECONDS,
+            args.seed,
+            args.helper_db,
         )
 
     async def setup(self) -> None:
@@ -507,6 +513,7 @@ def figures(cap: Capacity) -> dict[str, Any]:
         "speech": run.speech,
         "voices": run.voices,
         "second_voice_students": run.helpers,
+        "second_voice_db": args.helper_db,
         "window_s": round(run.window, 1),
         "warmup_s": args.warmup,
         "generator_cpu_cores": round(run.generator_cpu, 3),
@@ -615,7 +622,8 @@ def print_report(out: dict[str, Any], own_server: bool) -> None:
     p(f"  speech     {out['speech']} ({out['voices']} voices)")
     p(
         f"             {out['second_voice_students']} students get a second voice over theirs "
-        f"(same level, {alerts['second_voices']} episodes spread over the window)"
+        f"({_level_words(out['second_voice_db'])}, {alerts['second_voices']} episodes spread "
+        "over the window)"
     )
     p(f"  window     {out['window_s']:g} s of steady state after {out['warmup_s']:g} s warm-up")
     for server in out["servers"]:
@@ -889,6 +897,12 @@ def print_comparison(c: dict[str, Any]) -> None:
             "the processes only split the same CPU (more processes add room where there "
             "are cores to give them)"
         )
+
+
+def _level_words(db: float) -> str:
+    if db == 0:
+        return "same level"
+    return f"{abs(db):g} dB {'quieter' if db < 0 else 'louder'}"
 
 
 def run(args: argparse.Namespace) -> int:

@@ -97,6 +97,13 @@ def _add_capacity(kinds: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--episode", type=float, default=6.0, help="seconds each second voice talks"
     )
     parser.add_argument(
+        "--helper-db",
+        type=float,
+        default=0.0,
+        metavar="DB",
+        help="the second voice's level against the student's (-10: a helper 10 dB quieter)",
+    )
+    parser.add_argument(
         "--miss-after",
         type=float,
         default=MISS_AFTER,

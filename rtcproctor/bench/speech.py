@@ -193,9 +193,15 @@ def opus_packets(samples: np.ndarray) -> list[bytes]:
 
 
 def encode_mics(
-    speech: Speech, students: int, with_helper: list[bool], loop_seconds: float, seed: int
+    speech: Speech,
+    students: int,
+    with_helper: list[bool],
+    loop_seconds: float,
+    seed: int,
+    helper_db: float = 0.0,
 ) -> list[EncodedMic]:
-    """One microphone per student: voice i (round robin), a helper from another voice."""
+    """One microphone per student: voice i (round robin), a helper from another voice
+    `helper_db` dB louder (negative: quieter) than the student."""
     rng = np.random.default_rng(seed)
     voices = speech.voices
     mics: list[EncodedMic] = []
@@ -212,10 +218,10 @@ def encode_mics(
             if voices[pick] is voice:
                 pick = (pick + 1) % len(voices)
             helpers_used += 1
-            helper = _level(talk(voices[pick], loop_seconds, rng), level)
+            helper = _level(talk(voices[pick], loop_seconds, rng), level + helper_db)
             mic.helper = voices[pick].name
             mic.joined = opus_packets(own + helper + noise)
             rms = block_rms(helper, FRAME)[: len(mic.joined)]
-            mic.helper_active = rms > 10 ** ((level - SPEAKING_WITHIN_DB) / 20)
+            mic.helper_active = rms > 10 ** ((level + helper_db - SPEAKING_WITHIN_DB) / 20)
         mics.append(mic)
     return mics

@@ -347,6 +347,39 @@ def test_analyzer_batches_students_and_keys_alerts_by_stream(models, sample):
     assert analyzer.streams() == []
 
 
+def test_a_focused_part_takes_only_streams_where_a_second_voice_may_start(models, sample):
+    """The live worker analyses focused streams first, then the rest: the split takes
+    each window once and gives the verdicts of whole steps."""
+    from rtcproctor.voice.analyzer import Analyzer
+
+    quiet = sample[int(21.9 * SR) : int(27.7 * SR)]
+    streams = {"two-voices": sample, "one-voice": np.concatenate([quiet] * 5)[: sample.size]}
+
+    def run(split: bool) -> tuple[list, int, int]:
+        analyzer = Analyzer(DetectorConfig(), models=models)
+        alerts, focused_windows, windows = [], 0, 0
+        for i in range(0, sample.size, SR // 2):
+            for name, audio in streams.items():
+                analyzer.submit(name, audio[i : i + SR // 2])
+            if split:
+                before = analyzer.backlog()
+                focused = {n for n in streams if analyzer.detector(n).focused}
+                alerts += analyzer.step(focused=True)
+                focused_windows += analyzer.last.windows
+                after = analyzer.backlog()
+                assert all(after[n][0] == before[n][0] for n in streams if n not in focused)
+            alerts += analyzer.step()
+            windows += analyzer.last.windows
+        return alerts, focused_windows, windows
+
+    whole, _, windows = run(split=False)
+    parts, focused_windows, rest = run(split=True)
+    assert focused_windows > 0 and focused_windows + rest == windows
+    kinds = {(a.stream, a.type) for a in whole}
+    assert ("two-voices", AlertType.MULTIPLE_VOICES) in kinds
+    assert {(a.stream, a.type) for a in parts} == kinds
+
+
 def test_evidence_is_written_as_wav(models, sample, tmp_path):
     import soundfile as sf
 

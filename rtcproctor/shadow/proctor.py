@@ -145,29 +145,30 @@ class ShadowProctor:
             began = time.monotonic()
             self._window_due.clear()
             try:
-                alerts = await self.analyzer.step()
+                async for alerts in self.analyzer.steps():
+                    await self._deliver(alerts)
                 if self.metrics is not None:
                     last = self.analyzer.last
                     self.metrics.step(last.seconds, last.windows, last.skipped)
             except BrokenProcessPool:
                 if not await self._restart():
                     return
-                alerts = []
             except Exception:
                 log.exception("voice analysis step failed")
-                alerts = []
-            for alert in alerts:
-                stream = self._by_key.get(alert.stream)
-                if stream is None or stream.t0 is None:
-                    continue
-                shadow = ShadowAlert(
-                    stream.student_id, alert, stream.t0 + alert.start, stream.t0 + alert.end
-                )
-                try:
-                    await self._on_alert(shadow)
-                except Exception:
-                    log.exception("handling alert %s failed", alert)
             await self._pause(began)
+
+    async def _deliver(self, alerts: list[Alert]) -> None:
+        for alert in alerts:
+            stream = self._by_key.get(alert.stream)
+            if stream is None or stream.t0 is None:
+                continue
+            shadow = ShadowAlert(
+                stream.student_id, alert, stream.t0 + alert.start, stream.t0 + alert.end
+            )
+            try:
+                await self._on_alert(shadow)
+            except Exception:
+                log.exception("handling alert %s failed", alert)
 
     async def _pause(self, began: float) -> None:
         await asyncio.sleep(STEP_GAP)

@@ -138,31 +138,37 @@ class Analyzer:
             return entry
 
     # ------------------------------------------------------------ worker side
-    def step(self) -> list[Alert]:
-        """Analyse every ready window of every stream; new or extended alerts out."""
+    def step(self, focused: bool = False) -> list[Alert]:
+        """Analyse every ready window of every stream (`focused`: only of the streams
+        where a second voice may be starting, `Detector.focused`); new or extended
+        alerts out."""
         with self._step_lock:
-            return self.decide(self.prepare())
+            return self.decide(self.prepare(focused))
 
-    def prepare(self) -> Prepared:
-        """The first half of a step: take every stream's ready windows and segment them."""
-        prepared = self.take()
+    def prepare(self, focused: bool = False) -> Prepared:
+        """The first half of a step: take the ready windows (as `step`) and segment them."""
+        prepared = self.take(focused)
         for job in self.segmentation_jobs(prepared):
             job()
         return prepared
 
-    def take(self) -> Prepared:
-        """Every stream's ready windows, not yet segmented. Offline analysis segments
-        them (`segmentation_jobs`) on one core while `decide()` concludes the previous
-        ones on the other (voice.offline); every other caller uses `step()`."""
+    def take(self, focused: bool = False) -> Prepared:
+        """Every stream's ready windows (`focused`: only the focused streams', and none
+        of a closing stream), not yet segmented. Offline analysis segments them
+        (`segmentation_jobs`) on one core while `decide()` concludes the previous ones
+        on the other (voice.offline); every other caller uses `step()`."""
         t0 = time.perf_counter()
         with self._lock:
             entries = list(self._streams.items())
-            closing = set(self._closing)
+            ending = set(self._closing)
+        closing = set() if focused else ending
         out = Prepared(closing=closing)
         stride = self.pacer.stride if self.pacer is not None else self.stride
         for name, entry in entries:
             with entry.lock:
                 det = entry.detector
+                if focused and (name in ending or not det.focused):
+                    continue
                 det.stride = stride
                 skipped = det.windows_skipped
                 if name in closing:

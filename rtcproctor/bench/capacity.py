@@ -485,6 +485,21 @@ def latency_figures(episodes: list[Episode]) -> dict[str, Any]:
     return figures
 
 
+SLOWEST_SHOWN = 3
+
+
+def slowest_details(cap: Capacity) -> list[str]:
+    """The latest alerts, with their student's voice and helper: whether a p95 comes from
+    one pair of voices the model finds hard or from the server."""
+    timed = [e for e in cap.run.episodes if e.latency is not None]
+    timed.sort(key=lambda e: e.latency or 0.0, reverse=True)
+    return [
+        f"student {e.student} ({cap.mics[e.student].mic.voice}, helper "
+        f"{cap.mics[e.student].mic.helper}): {e.latency:.2f} s"
+        for e in timed[:SLOWEST_SHOWN]
+    ]
+
+
 def missed_details(cap: Capacity) -> list[str]:
     """Which second voices were missed, where in their student's stream: enough to replay
     that stretch offline (the loop's position is the stream time modulo its length)."""
@@ -531,6 +546,7 @@ def figures(cap: Capacity) -> dict[str, Any]:
         "false_voice_alerts": run.false_alerts,
         "false_voice_alert_details": run.false_details,
         "missed_details": missed_details(cap),
+        "slowest_details": slowest_details(cap),
         "single_voice_hours": round(run.single_hours, 3),
         "mic_silent_alerts": run.mic_silent,
         "servers": [],
@@ -714,6 +730,7 @@ def print_report(out: dict[str, Any], own_server: bool) -> None:
             f"             earlier half median {alerts['early_median_s']:.2f} s, later half "
             f"{alerts['late_median_s']:.2f} s"
         )
+        p(f"             slowest: {'; '.join(out['slowest_details'])}")
     p(
         f"  alerts     {alerts['alerted']} of {alerts['second_voices']} second voices alerted, "
         f"{alerts['missed']} missed (none within {out['miss_after_s']:g} s)"

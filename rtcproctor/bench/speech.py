@@ -23,13 +23,7 @@ import av
 import numpy as np
 
 from rtcproctor.shadow.peer import PTIME_MS
-from rtcproctor.voice.audio import (
-    SAMPLE_RATE,
-    SPEAKING_WITHIN_DB,
-    block_rms,
-    load_audio,
-    loop_speech,
-)
+from rtcproctor.voice.audio import SAMPLE_RATE, load_audio, loop_speech, speaking
 
 # The packet time the shadow peer asks for in its answer, which browsers follow.
 FRAME = SAMPLE_RATE * PTIME_MS // 1000
@@ -221,7 +215,6 @@ def encode_mics(
             helper = _level(talk(voices[pick], loop_seconds, rng), level + helper_db)
             mic.helper = voices[pick].name
             mic.joined = opus_packets(own + helper + noise)
-            rms = block_rms(helper, FRAME)[: len(mic.joined)]
-            mic.helper_active = rms > 10 ** ((level + helper_db - SPEAKING_WITHIN_DB) / 20)
+            mic.helper_active = speaking(helper, level + helper_db, FRAME)[: len(mic.joined)]
         mics.append(mic)
     return mics

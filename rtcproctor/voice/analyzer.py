@@ -178,7 +178,8 @@ class Analyzer:
                 else:
                     wins = det.ready_windows(self.max_windows_per_stream)
                 out.stats.skipped += det.windows_skipped - skipped
-                out.alerts += det.poll_silence() if name not in closing else []
+                if not focused and name not in closing:  # in the main part of a step only
+                    out.alerts += det.poll_silence()
             if wins:
                 entry.taken = wins[-1].end
                 out.batches.append((entry, wins))

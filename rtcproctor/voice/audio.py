@@ -96,11 +96,6 @@ def write_wav(path: str | Path, samples: np.ndarray, rate: int = SAMPLE_RATE) ->
     return path
 
 
-# Benchmarks time a second voice from its first block of speech: a block of one voice's
-# own track whose RMS is within this many dB of the level it was mixed at.
-SPEAKING_WITHIN_DB = 20.0
-
-
 def block_rms(samples: np.ndarray, block: int) -> np.ndarray:
     """RMS of consecutive blocks (the trailing partial block is dropped)."""
     n = samples.size // block
@@ -108,6 +103,16 @@ def block_rms(samples: np.ndarray, block: int) -> np.ndarray:
         return np.zeros(0, np.float32)
     frames = samples[: n * block].reshape(n, block).astype(np.float64)
     return np.sqrt(np.mean(frames * frames, axis=1)).astype(np.float32)
+
+
+SPEAKING_WITHIN_DB = 20.0
+
+
+def speaking(voice: np.ndarray, dbfs: float, block: int) -> np.ndarray:
+    """Per block of one voice's own track, mixed at `dbfs`: whether it speaks (its RMS
+    within SPEAKING_WITHIN_DB of that level). Benchmarks time a second voice from its
+    first such block."""
+    return block_rms(voice, block) > 10 ** ((dbfs - SPEAKING_WITHIN_DB) / 20)
 
 
 def loop_speech(

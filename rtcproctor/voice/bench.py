@@ -27,13 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from rtcproctor.voice.alerts import AlertType
-from rtcproctor.voice.audio import (
-    SAMPLE_RATE,
-    SPEAKING_WITHIN_DB,
-    block_rms,
-    load_audio,
-    loop_speech,
-)
+from rtcproctor.voice.audio import SAMPLE_RATE, load_audio, loop_speech, speaking
 from rtcproctor.voice.detector import DetectorConfig
 
 SR = SAMPLE_RATE
@@ -87,8 +81,8 @@ def _first_speech(voice: np.ndarray, dbfs: float) -> float:
     starts at a random point of an utterance, sometimes in a pause: the delay counts
     from the second voice's first word, as `bench capacity` counts from its first packet."""
     block = SR // 100
-    speaking = np.flatnonzero(block_rms(voice, block) > _db(dbfs - SPEAKING_WITHIN_DB))
-    return float(speaking[0] * block / SR) if speaking.size else 0.0
+    spoken = np.flatnonzero(speaking(voice, dbfs, block))
+    return float(spoken[0] * block / SR) if spoken.size else 0.0
 
 
 def _noise(n: int, rng: np.random.Generator) -> np.ndarray:

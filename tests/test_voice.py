@@ -135,8 +135,9 @@ def test_segmentation_gives_the_probability_of_overlapped_speech(models, sample)
 
 
 def test_overlapping_windows_share_the_filterbank_and_decide_as_the_model(models, sample):
-    """A stream's overlapping windows are segmented as one run (SincNet's filterbank
-    computed once): the frames are the model's own, run or not, regular or thinned."""
+    """A stream's overlapping windows are segmented as one run (SincNet's filterbank and
+    its first pooling computed once): the frames are the model's own, run or not,
+    regular or thinned."""
     import torch
 
     from rtcproctor.voice.segmentation import Run, Segmenter
@@ -152,10 +153,15 @@ def test_overlapping_windows_share_the_filterbank_and_decide_as_the_model(models
     regular = segmenter.runs([Run(sample, offsets, window)])[0]
     thinned_at = [0, 1, 3, 7, 8]
     thinned = segmenter.runs([Run(sample, [offsets[i] for i in thinned_at], window)])[0]
+    # A regular run pools its stretch at the phases its windows start on: one phase at a
+    # 3 s step (4800 filterbank frames), all three at 1 s or 2 s.
+    every = {k: segmenter.runs([Run(sample, offsets[::k], window)])[0] for k in (2, 3)}
     for got, want in (
         (regular, expected),
         (segmenter(windows), expected),
         (thinned, expected[thinned_at]),
+        (every[2], expected[::2]),
+        (every[3], expected[::3]),
     ):
         frames = np.stack([a.frames for a in got])
         assert frames.shape == want.shape

@@ -32,7 +32,7 @@ class Analysis:
 
 # Windows per segmentation job: small enough for the two threads to share a chunk's
 # segmentation evenly, large enough to batch well.
-JOB_WINDOWS = 5
+JOB_WINDOWS = 10
 
 
 def analyze_samples(

@@ -6,15 +6,18 @@ window; linking them across windows is the detector's job.
 
 Consecutive windows of one stream overlap by five sixths (6 s windows, 1 s hop), and the
 model's first layer, SincNet's band-pass filterbank (a quarter of its cost), is a strided
-convolution: over a stretch holding several windows it is computed once and each window
-takes its slice. The waveform normalisation in front of it is per window, but affine, so
-it is applied to the slice instead (conv(a(x - m) + b) = a(conv(x) - mK) + bK, with K
-the filters' sums). Everything after it runs per window, batched across streams.
+convolution: over a stretch holding several windows it is computed once, and so is the
+max-pooling behind it, and each window takes its slice. The waveform normalisation in
+front of it is per window, but affine, so it is applied to the slice instead
+(conv(a(x - m) + b) = a(conv(x) - mK) + bK, with K the filters' sums), with the window's
+mean and variance from running sums. Everything after the first pooling runs per window,
+batched across streams.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,6 +76,7 @@ class _Staged:
         self.stride = int(encoder.stride)
         self.kernel = int(self.filters.shape[-1])
         norm = sincnet.wav_norm1d
+        self.pool = int(sincnet.pool1d[0].kernel_size)
         self.eps = float(norm.eps)
         self.gain = float(norm.weight.detach()) if norm.affine else 1.0
         self.bias = float(norm.bias.detach()) if norm.affine else 0.0
@@ -84,6 +88,7 @@ class _Staged:
         if sincnet is None or not hasattr(sincnet, "wav_norm1d"):
             return False
         encoder = sincnet.conv1d[0]
+        pool = sincnet.pool1d[0]
         return (
             type(getattr(encoder, "filterbank", None)).__name__ == "ParamSincFB"
             and int(getattr(encoder, "padding", -1)) == 0
@@ -91,40 +96,62 @@ class _Staged:
             and bool(hparams.get("lstm", {}).get("monolithic", False))
             and sincnet.wav_norm1d.weight is not None
             and sincnet.wav_norm1d.weight.numel() == 1
+            and type(pool).__name__ == "MaxPool1d"
+            and _plain_pool(pool)
         )
 
-    def filterbank(self, run: Run) -> Any:
-        """SincNet's rectified filterbank output, (windows, 80, frames), for `run`."""
+    def front(self, run: Run) -> Any:
+        """SincNet's filterbank, rectified and max-pooled, (windows, 80, frames), for `run`.
+
+        A regular run filters and pools its stretch once. The per-window affine (the
+        waveform normalisation carried through the filters) then comes after the
+        pooling: |a*x + b| is largest over a pool at the pool's largest or smallest x,
+        and rounding keeps that order, so the frames are the model's own to the bit,
+        from a third of the data."""
         import torch
         import torch.nn.functional as F
 
         frames = (run.window - self.kernel) // self.stride + 1
         offsets = list(run.offsets)
-        waves = torch.from_numpy(np.stack(list(run.slices())))
         lo = min(offsets)
         steps = {b - a for a, b in itertools.pairwise(offsets)}
         if len(offsets) > 1 and len(steps) == 1 and all(off % self.stride == 0 for off in offsets):
-            # A regular run: the filterbank once over the stretch, windows as strided views.
             span = np.ascontiguousarray(run.audio[lo : max(offsets) + run.window])
-            wave = torch.from_numpy(span).view(1, 1, -1)
-            shared = F.conv1d(wave, self.filters, stride=self.stride)
-            channels, length = shared.shape[1:]
-            raw = shared.as_strided(
-                (len(offsets), channels, frames), (steps.pop() // self.stride, length, 1)
-            )
-        else:
-            raw = F.conv1d(waves.unsqueeze(1), self.filters, stride=self.stride)
+            shared = self._filter(torch.from_numpy(span).view(1, 1, -1))
+            step = steps.pop() // self.stride
+            # Pooled at every phase the windows start on (all three at a 1 s hop).
+            phase = math.gcd(step, self.pool)
+            top, bottom = _extremes(shared, self.pool, phase)
+            shape = (len(offsets), shared.shape[1], frames // self.pool)
+            strides = (step // phase, top.shape[-1], self.pool // phase)
+            top, bottom = top.as_strided(shape, strides), bottom.as_strided(shape, strides)
+            scale, shift = self._affine(*_window_stats(span, [o - lo for o in offsets], run.window))
+            out = torch.addcmul(shift, top, scale).abs_()
+            return torch.maximum(out, torch.addcmul(shift, bottom, scale).abs_(), out=out)
+        waves = torch.from_numpy(np.stack(list(run.slices())))
         var, mean = torch.var_mean(waves, dim=1, unbiased=False)
-        scale = (self.gain / torch.sqrt(var + self.eps)).view(-1, 1, 1)
-        shift = (self.bias - scale * mean.view(-1, 1, 1)) * self.sums
-        return torch.addcmul(shift, raw, scale).abs_()  # SincNet rectifies its filterbank
+        scale, shift = self._affine(mean, var)
+        raw = self._filter(waves.unsqueeze(1))
+        return F.max_pool1d(torch.addcmul(shift, raw, scale).abs_(), self.pool)
 
-    def rest(self, filtered: Any) -> Any:
-        """(batch, 80, frames) rectified filterbank -> (batch, frames', classes) log-probs."""
+    def _affine(self, mean: Any, var: Any) -> tuple[Any, Any]:
+        """Per window, the waveform normalisation as seen through the filters."""
+        import torch
+
+        scale = (self.gain / torch.sqrt(var + self.eps)).view(-1, 1, 1)
+        return scale, (self.bias - scale * mean.view(-1, 1, 1)) * self.sums
+
+    def _filter(self, waves: Any) -> Any:
+        import torch.nn.functional as F
+
+        return F.conv1d(waves, self.filters, stride=self.stride)
+
+    def rest(self, front: Any) -> Any:
+        """(batch, 80, frames) from `front` -> (batch, frames', classes) log-probs."""
         import torch.nn.functional as F
 
         s, m = self.sincnet, self.model
-        out = F.leaky_relu(s.norm1d[0](s.pool1d[0](filtered)))
+        out = F.leaky_relu(s.norm1d[0](front))
         for conv, pool, norm in zip(s.conv1d[1:], s.pool1d[1:], s.norm1d[1:], strict=True):
             out = F.leaky_relu(norm(pool(conv(out))))
         # Only the LSTM (half the cost) in bfloat16 where chosen: the whole model in
@@ -174,7 +201,7 @@ class Segmenter:
                     batch = torch.from_numpy(np.stack(windows[i : i + self.max_batch]))
                     flat += self._activities(self.model(batch.unsqueeze(1)), runs[0].window)
             else:
-                banks = (self._staged.filterbank(run) for run in runs)
+                banks = (self._staged.front(run) for run in runs)
                 for bank in _rebatch(banks, self.max_batch):
                     flat += self._activities(self._staged.rest(bank), runs[0].window)
         out, i = [], 0
@@ -209,3 +236,44 @@ def _rebatch(tensors: Iterable[Any], size: int) -> Iterator[Any]:
         count %= size
     if pending:
         yield pending[0] if len(pending) == 1 else torch.cat(pending)
+
+
+def _plain_pool(pool: Any) -> bool:
+    """A max pool whose windows tile the frames: kernel = stride, no padding or dilation."""
+
+    def one(value: Any) -> int:
+        return int(value[0] if isinstance(value, tuple) else value)
+
+    return (
+        one(pool.kernel_size) == one(pool.stride or pool.kernel_size)
+        and one(pool.padding) == 0
+        and one(pool.dilation) == 1
+        and not pool.ceil_mode
+    )
+
+
+def _extremes(x: Any, size: int, step: int) -> tuple[Any, Any]:
+    """Max and min over the last dim's windows of `size` frames, every `step` frames."""
+    import torch
+
+    count = (x.shape[-1] - size) // step + 1
+    views = [x[..., i : i + step * (count - 1) + 1 : step] for i in range(size)]
+    top, bottom = views[0].clone(), views[0].clone()
+    for v in views[1:]:
+        torch.maximum(top, v, out=top)
+        torch.minimum(bottom, v, out=bottom)
+    return top, bottom
+
+
+def _window_stats(span: np.ndarray, starts: list[int], size: int) -> tuple[Any, Any]:
+    """Mean and (biased) variance of `span[s : s + size]` for each start, from running
+    sums in float64: a run's windows share most of their samples."""
+    import torch
+
+    x = span.astype(np.float64)
+    first = np.concatenate([[0.0], np.cumsum(x)])
+    second = np.concatenate([[0.0], np.cumsum(x * x)])
+    at = np.asarray(starts)
+    mean = (first[at + size] - first[at]) / size
+    var = np.maximum((second[at + size] - second[at]) / size - mean * mean, 0.0)
+    return torch.from_numpy(mean.astype(np.float32)), torch.from_numpy(var.astype(np.float32))

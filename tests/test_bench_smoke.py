@@ -143,6 +143,7 @@ def test_bench_capacity_compares_one_process_with_two(voices: dict[str, Path]) -
     assert [run["processes"] for run in data["runs"]] == [1, 2]
     assert [len(run["servers"]) for run in data["runs"]] == [1, 2]
     assert all(run["live"] == 2 for run in data["runs"])
+    assert all(run["episodes"] == [] for run in data["runs"])  # no second voices asked
     rows = data["comparison"]["rows"]
     assert [r["processes"] for r in rows] == [1, 2]
     assert all(r["windows_per_s"] > 0 for r in rows)

@@ -500,6 +500,27 @@ def slowest_details(cap: Capacity) -> list[str]:
     ]
 
 
+def episode_records(cap: Capacity) -> list[dict[str, Any]]:
+    """Every second voice, for the JSON: who, when (seconds into the measured window),
+    how long, and its alert's latency (null: missed, or its helper never spoke)."""
+    out = []
+    for e in cap.run.episodes:
+        mic = cap.mics[e.student].mic
+        out.append(
+            {
+                "student": e.student,
+                "voice": mic.voice,
+                "helper": mic.helper,
+                "at_s": round(e.at - cap.run.started, 2),
+                "seconds": round(e.seconds, 2),
+                "heard": e.onset is not None,
+                "alert_type": e.alert_type,
+                "latency_s": None if e.latency is None else round(e.latency, 3),
+            }
+        )
+    return out
+
+
 def missed_details(cap: Capacity) -> list[str]:
     """Which second voices were missed, where in their student's stream: enough to replay
     that stretch offline (the loop's position is the stream time modulo its length)."""
@@ -547,6 +568,7 @@ def figures(cap: Capacity) -> dict[str, Any]:
         "false_voice_alert_details": run.false_details,
         "missed_details": missed_details(cap),
         "slowest_details": slowest_details(cap),
+        "episodes": episode_records(cap),
         "single_voice_hours": round(run.single_hours, 3),
         "mic_silent_alerts": run.mic_silent,
         "servers": [],

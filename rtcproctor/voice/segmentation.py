@@ -106,8 +106,8 @@ class _Staged:
         A regular run filters and pools its stretch once. The per-window affine (the
         waveform normalisation carried through the filters) then comes after the
         pooling: |a*x + b| is largest over a pool at the pool's largest or smallest x,
-        and rounding keeps that order, so the frames are the model's own to the bit,
-        from a third of the data."""
+        and rounding keeps that order, so it gives the values of pooling after the
+        affine to the bit, from a third of the data."""
         import torch
         import torch.nn.functional as F
 
@@ -258,7 +258,8 @@ def _extremes(x: Any, size: int, step: int) -> tuple[Any, Any]:
 
     count = (x.shape[-1] - size) // step + 1
     views = [x[..., i : i + step * (count - 1) + 1 : step] for i in range(size)]
-    top, bottom = views[0].clone(), views[0].clone()
+    top = views[0].clone(memory_format=torch.contiguous_format)
+    bottom = top.clone()
     for v in views[1:]:
         torch.maximum(top, v, out=top)
         torch.minimum(bottom, v, out=bottom)

@@ -109,7 +109,6 @@ class _Staged:
         and rounding keeps that order, so it gives the values of pooling after the
         affine to the bit, from a third of the data."""
         import torch
-        import torch.nn.functional as F
 
         frames = (run.window - self.kernel) // self.stride + 1
         offsets = list(run.offsets)
@@ -132,7 +131,7 @@ class _Staged:
         var, mean = torch.var_mean(waves, dim=1, unbiased=False)
         scale, shift = self._affine(mean, var)
         raw = self._filter(waves.unsqueeze(1))
-        return F.max_pool1d(torch.addcmul(shift, raw, scale).abs_(), self.pool)
+        return self.sincnet.pool1d[0](torch.addcmul(shift, raw, scale).abs_())
 
     def _affine(self, mean: Any, var: Any) -> tuple[Any, Any]:
         """Per window, the waveform normalisation as seen through the filters."""

@@ -30,6 +30,7 @@ CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 VOICE_STATES = ("off", "loading", "ready", "unavailable")
 STEP_SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 STEP_WINDOWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+ALERT_DELAY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,14 @@ class Metrics:
             buckets=STEP_WINDOWS_BUCKETS,
             registry=self.registry,
         )
-
+        self.alert_delay = Histogram(
+            "rtcproctor_voice_alert_delay_seconds",
+            "From the last sample of the window that raised or grew an alert reaching the "
+            "server to the alert being stored and pushed (waiting for a step, inference, "
+            "storing the evidence)",
+            buckets=ALERT_DELAY_BUCKETS,
+            registry=self.registry,
+        )
         self.windows_skipped = Counter(
             "rtcproctor_voice_windows_skipped",
             "Windows left out to stay in real time (the analysis fell behind the audio)",
@@ -167,6 +175,9 @@ class Metrics:
 
     def alert(self, kind: str) -> None:
         self.alerts.labels(kind).inc()
+
+    def alert_delivered(self, seconds: float) -> None:
+        self.alert_delay.observe(max(0.0, seconds))
 
     def step(self, seconds: float, windows: int, skipped: int = 0) -> None:
         if skipped:

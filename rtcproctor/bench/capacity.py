@@ -118,6 +118,8 @@ class Target:
     # (wall clock, seconds) of GET /healthz once a second, from go-live to the window's end
     answers: list[tuple[float, float]] = field(default_factory=list)
     steps: dict[str, float] = field(default_factory=dict)  # analysis steps in the window
+    # the server's part of alert latency (window complete -> pushed), its whole run
+    delivery: dict[str, float] | None = None
 
     def read_pace(self, metrics: dict[str, float]) -> None:
         if LAG in metrics:
@@ -176,6 +178,28 @@ def step_counters(metrics: dict[str, float]) -> dict[str, float]:
         "windows": "rtcproctor_voice_step_windows_sum",
     }
     return {k: metrics[v] for k, v in names.items() if v in metrics}
+
+
+ALERT_DELAY = "rtcproctor_voice_alert_delay_seconds"
+
+
+def delivery_figures(metrics: dict[str, float]) -> dict[str, float] | None:
+    """Mean and 95th percentile (a histogram bucket's upper bound) of the server's part of
+    each alert's latency: its window's last sample arriving -> the alert stored and pushed."""
+    count = metrics.get(f"{ALERT_DELAY}_count", 0.0)
+    if not count:
+        return None
+    bounds = sorted(
+        (float(series.split('le="')[1].split('"')[0]), value)
+        for series, value in metrics.items()
+        if series.startswith(f"{ALERT_DELAY}_bucket") and "+Inf" not in series
+    )
+    p95 = next((bound for bound, seen in bounds if seen >= 0.95 * count), math.inf)
+    return {
+        "alerts": int(count),
+        "mean_s": round(metrics[f"{ALERT_DELAY}_sum"] / count, 3),
+        "p95_at_most_s": p95,
+    }
 
 
 def answer_figures(seconds: list[float]) -> dict[str, float] | None:
@@ -373,6 +397,8 @@ class Capacity:
             target.steps = {k: now[k] - then[k] for k in now if k in then}
         await self._wait_for_alerts()
         await self._delivery()
+        for target in self.targets:
+            target.delivery = delivery_figures(await asyncio.to_thread(scrape, target.server.url))
 
     def _snapshot(self, target: Target) -> tuple[CpuSample | None, int | None]:
         cpu = sample(target.pid) if target.pid is not None else None
@@ -591,6 +617,7 @@ def figures(cap: Capacity) -> dict[str, Any]:
                 "window": answer_figures([s for t, s in target.answers if t >= run.started]),
             },
             "voice_steps": target.steps,
+            "alert_delivery": target.delivery,
         }
         if target.cpu is not None:
             streams = max(1, len(target.students))
@@ -726,6 +753,13 @@ def print_report(out: dict[str, Any], own_server: bool) -> None:
                 f"  voice      {n:.0f} analysis steps in the window, {steps['seconds'] / n:.2f} s "
                 f"and {steps.get('windows', 0) / n:.1f} windows each on average "
                 f"({1000 * steps['seconds'] / max(1, steps.get('windows', 0)):.0f} ms per window)"
+            )
+        delivery = server.get("alert_delivery")
+        if delivery:
+            p(
+                f"  server's   {delivery['mean_s']:.2f} s on average, 95 % within "
+                f"{delivery['p95_at_most_s']:g} s: from the last sample of an alert's window "
+                f"arriving to the alert pushed ({delivery['alerts']} alerts and revisions)"
             )
     loss = out["worst_stream_loss"]
     p(

@@ -9,12 +9,12 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import av
 import numpy as np
 from aiortc import MediaStreamTrack, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
 
 from rtcproctor.rtc.ice import candidate_from_init, configuration, description_from_json
+from rtcproctor.rtc.jitter import MonoAudio, receive_audio_at_once
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,9 @@ class ShadowPeer:
         await self.pc.setRemoteDescription(description_from_json(offer))
         for transceiver in self.pc.getTransceivers():
             transceiver.direction = "recvonly"
+        # Nothing is played here: each packet goes to the analysis as it arrives (0.3 s
+        # sooner than aiortc's buffer for playback lets it, at 60 ms packets).
+        receive_audio_at_once(self.pc)
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         local = self.pc.localDescription
         return {"type": local.type, "sdp": with_ptime(local.sdp, PTIME_MS)}
@@ -81,8 +84,9 @@ class ShadowPeer:
             await self._on_failed(self.peer_id)
 
     async def _read(self, track: MediaStreamTrack) -> None:
-        """Decoded Opus frames (48 kHz stereo) → 16 kHz mono float32 for the detector."""
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+        """Decoded Opus frames (48 kHz stereo) → 16 kHz mono float32 for the detector,
+        with silence where packets are missing, so the stream keeps the sender's clock."""
+        audio = MonoAudio(SAMPLE_RATE)
         try:
             while True:
                 try:
@@ -92,8 +96,8 @@ class ShadowPeer:
                     break
                 self.frames += 1
                 self.seconds += frame.samples / frame.sample_rate
-                for out in resampler.resample(frame):
-                    self.sink(out.to_ndarray().reshape(-1).astype(np.float32, copy=False))
+                for chunk in audio.convert(frame):
+                    self.sink(chunk)
         except MediaStreamError:
             pass
         except Exception:

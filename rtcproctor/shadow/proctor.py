@@ -45,6 +45,7 @@ class ShadowAlert:
     alert: Alert
     started_at: float
     ended_at: float
+    updated_at: float  # when the last sample of the window that raised or grew it arrived
 
 
 @dataclass
@@ -163,7 +164,11 @@ class ShadowProctor:
             if stream is None or stream.t0 is None:
                 continue
             shadow = ShadowAlert(
-                stream.student_id, alert, stream.t0 + alert.start, stream.t0 + alert.end
+                stream.student_id,
+                alert,
+                stream.t0 + alert.start,
+                stream.t0 + alert.end,
+                stream.t0 + alert.updated_at,
             )
             try:
                 await self._on_alert(shadow)

@@ -7,6 +7,7 @@ import contextlib
 import functools
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -783,6 +784,8 @@ class SignalingServer:
         state = await self.presence.student(found.student_id)
         if state is not None:
             await self._push_alert(state, alert_json(record, state.code))
+        if self.metrics is not None:
+            self.metrics.alert_delivered(time.time() - found.updated_at)
 
     def gauges(self) -> dict[str, float]:
         """This process's share: its connections, its students, its watching pages."""

@@ -37,6 +37,7 @@ class Alert:
     evidence: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, np.float32))
     evidence_start: float = 0.0  # stream time of evidence[0]
     detected_at: float = 0.0  # stream time (audio received) when first raised
+    updated_at: float = 0.0  # stream time when last raised or grown
     id: int = field(default_factory=lambda: next(_ids))
     revision: int = 0
     details: dict[str, float] = field(default_factory=dict)

@@ -724,6 +724,7 @@ class Detector:
             opened.end = max(opened.end, end)
             opened.confidence = max(opened.confidence, confidence)
             opened.revision += 1
+            opened.updated_at = detected
             self._extend_evidence(opened, detected)
             return [opened]
         pad = c.evidence_pad
@@ -742,6 +743,7 @@ class Detector:
             evidence=evidence,
             evidence_start=ev_start,
             detected_at=detected,
+            updated_at=detected,
         )
         if similarity is not None:
             alert.details["similarity"] = round(float(similarity), 3)

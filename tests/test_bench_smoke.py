@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 
@@ -123,6 +124,7 @@ def test_bench_capacity_analyses_every_stream_and_alerts_the_second_voice(
     alerted, episodes = map(int, re.search(r"(\d+) of (\d+) second voices alerted", out).groups())
     assert episodes >= 1 and alerted >= 1, out
     assert re.search(r"latency .* median [\d.]+ s\s+p95 [\d.]+ s\s+max [\d.]+ s", out)
+    assert re.search(r"server's\s+[\d.]+ s on average, 95 % within [\d.]+ s", out)
     assert re.search(r"\d+ voice alerts on [\d.]+ h of single-voice audio", out)
     assert re.search(r"^capacity: 3 students analysed in real time: (yes|no)$", out, re.M)
 
@@ -149,3 +151,35 @@ def test_bench_capacity_compares_one_process_with_two(voices: dict[str, Path]) -
     assert all(r["windows_per_s"] > 0 for r in rows)
     one, two = (r["windows_per_s"] for r in rows)
     assert data["comparison"]["ratio"] == round(two / one, 2)
+
+
+def test_a_second_voice_that_takes_over_silences_the_student(voices: dict[str, Path]) -> None:
+    """--takeover: while the helper speaks, the microphone carries the helper alone."""
+    from rtcproctor.bench.speech import FRAME, Speech, encode_mics, speech_files
+    from rtcproctor.rtc.jitter import MonoAudio
+    from rtcproctor.voice.audio import SAMPLE_RATE, block_rms
+
+    speech: Speech = speech_files([voices["a"], voices["b"]])
+    seconds = 12.0
+
+    def decoded(packets: list[bytes]) -> np.ndarray:
+        import av
+
+        decoder, mono = av.CodecContext.create("libopus", "r"), MonoAudio(SAMPLE_RATE)
+        out = [c for p in packets for f in decoder.decode(av.Packet(p)) for c in mono.convert(f)]
+        return np.concatenate(out)
+
+    over, instead = (
+        encode_mics(speech, 1, [True], seconds, seed=3, takeover=flag)[0] for flag in (False, True)
+    )
+    alone, joined_over, joined_instead = (
+        decoded(p) for p in (over.alone, over.joined, instead.joined)
+    )
+    rms = [block_rms(x[: alone.size], FRAME) for x in (alone, joined_over, joined_instead)]
+    n = min(r.size for r in rms)
+    speaks = rms[0][:n] > 10 ** (-45 / 20)  # the room is at -70 dBFS, speech at -30 to -22
+    quiet = np.flatnonzero(~instead.helper_active[:n] & speaks)
+    assert quiet.size > 10  # the student speaks while the helper pauses
+    # Talking over keeps the student's speech there; taking over leaves only the room.
+    assert np.median(rms[1][quiet]) > 0.5 * np.median(rms[0][quiet])
+    assert np.median(rms[2][quiet]) < 0.1 * np.median(rms[0][quiet])

@@ -140,6 +140,7 @@ async def test_metrics_show_the_shadow_proctor_at_work(voice_server, voices):
     # The voice server is shared by the session: count from what earlier tests left.
     steps = value(idle, "rtcproctor_voice_step_seconds_count")
     alerts = value(idle, "rtcproctor_alerts_total", type="multiple_voices") or 0
+    delivered = value(idle, "rtcproctor_voice_alert_delay_seconds_count") or 0
 
     exam = voice_server.codes("Ann")
     code = exam["students"][0]["code"]
@@ -167,10 +168,15 @@ async def test_metrics_show_the_shadow_proctor_at_work(voice_server, voices):
 
         alerted = await until(
             url,
-            lambda s: (value(s, "rtcproctor_alerts_total", type="multiple_voices") or 0) > alerts,
+            lambda s: (
+                (value(s, "rtcproctor_alerts_total", type="multiple_voices") or 0) > alerts
+                and (value(s, "rtcproctor_voice_alert_delay_seconds_count") or 0) > delivered
+            ),
             within=120,
         )
         assert value(alerted, "rtcproctor_alerts_total", type="multiple_voices") > alerts
+        # Each alert pushed is timed from its window's last sample: never negative.
+        assert value(alerted, "rtcproctor_voice_alert_delay_seconds_sum") >= 0
     finally:
         student.terminate()
         await student.wait()

@@ -55,7 +55,7 @@ async def test_a_peer_answering_audio_gets_the_immediate_buffer():
         await receiver.setRemoteDescription(sender.localDescription)
         assert receive_audio_at_once(receiver) == 1  # audio only; video keeps its own
         kinds = {
-            t.kind: type(getattr(t.receiver, "_RTCRtpReceiver__jitter_buffer"))
+            t.kind: type(t.receiver._RTCRtpReceiver__jitter_buffer)
             for t in receiver.getTransceivers()
         }
         assert kinds == {"audio": ImmediateJitterBuffer, "video": JitterBuffer}

@@ -2,10 +2,11 @@
 
 N simulated students stream real speech (audio only: the shadow peer receives nothing
 else, so video would load only the generator) over WebRTC into the server's shadow
-proctor. Every k-th student gets a second voice over theirs at known moments; a
-proctor client holding the exam's key times each `alert` from the helper's onset, so
-the latency covers the whole real path (RTP, decoding, resampling, batched inference,
-the store, the push). Single-voice students give the false alerts.
+proctor. Every k-th student gets a second voice over theirs (or, with --takeover,
+instead of theirs) at known moments; a proctor client holding the exam's key times each
+`alert` from the helper's onset, so the latency covers the whole real path (RTP,
+decoding, resampling, batched inference, the store, the push). Single-voice students
+give the false alerts.
 
 Over a steady window after everyone is live it prints the server's CPU (all threads,
 as a share of one core per stream), its memory, the audio frames analysed against the
@@ -251,6 +252,7 @@ class Capacity:
             LOOP_SECONDS,
             args.seed,
             args.helper_db,
+            args.takeover,
         )
 
     async def setup(self) -> None:
@@ -576,6 +578,7 @@ def figures(cap: Capacity) -> dict[str, Any]:
         "voices": run.voices,
         "second_voice_students": run.helpers,
         "second_voice_db": args.helper_db,
+        "second_voice_takes_over": args.takeover,
         "window_s": round(run.window, 1),
         "warmup_s": args.warmup,
         "generator_cpu_cores": round(run.generator_cpu, 3),
@@ -686,7 +689,8 @@ def print_report(out: dict[str, Any], own_server: bool) -> None:
     )
     p(f"  speech     {out['speech']} ({out['voices']} voices)")
     p(
-        f"             {out['second_voice_students']} students get a second voice over theirs "
+        f"             {out['second_voice_students']} students get a second voice "
+        f"{'instead of' if out.get('second_voice_takes_over') else 'over'} theirs "
         f"({_level_words(out['second_voice_db'])}, {alerts['second_voices']} episodes spread "
         "over the window)"
     )

@@ -104,6 +104,12 @@ def _add_capacity(kinds: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="the second voice's level against the student's (-10: a helper 10 dB quieter)",
     )
     parser.add_argument(
+        "--takeover",
+        action="store_true",
+        help="the second voice speaks instead of the student, not over them (a hand-over; "
+        "with --helper-db -10, a whisper while the student is silent)",
+    )
+    parser.add_argument(
         "--miss-after",
         type=float,
         default=MISS_AFTER,

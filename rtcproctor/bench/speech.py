@@ -193,9 +193,11 @@ def encode_mics(
     loop_seconds: float,
     seed: int,
     helper_db: float = 0.0,
+    takeover: bool = False,
 ) -> list[EncodedMic]:
     """One microphone per student: voice i (round robin), a helper from another voice
-    `helper_db` dB louder (negative: quieter) than the student."""
+    `helper_db` dB louder (negative: quieter) than the student, talking over them or,
+    with `takeover`, instead of them."""
     rng = np.random.default_rng(seed)
     voices = speech.voices
     mics: list[EncodedMic] = []
@@ -214,7 +216,7 @@ def encode_mics(
             helpers_used += 1
             helper = _level(talk(voices[pick], loop_seconds, rng), level + helper_db)
             mic.helper = voices[pick].name
-            mic.joined = opus_packets(own + helper + noise)
+            mic.joined = opus_packets((0 if takeover else own) + helper + noise)
             mic.helper_active = speaking(helper, level + helper_db, FRAME)[: len(mic.joined)]
         mics.append(mic)
     return mics

@@ -36,6 +36,9 @@ def test_each_packet_is_released_as_it_arrives_and_late_ones_are_dropped():
         released.append(None if frame is None else frame.timestamp // 960)
     assert released == [65533, 65534, 65535, 0, 1, None, None, 3, None, 4]
     assert buffer.dropped == 3
+    # A sender that numbers afresh, far behind: its packets flow at once, not in 10 minutes.
+    assert buffer.add(_packet(40000, 0))[1] is not None
+    assert buffer.add(_packet(40001, 960))[1] is not None
 
 
 def test_aiortc_would_hold_audio_back_and_the_shadow_buffer_does_not():

@@ -23,11 +23,13 @@ from aiortc.rtp import RtpPacket
 log = logging.getLogger(__name__)
 
 _HALF = 1 << 15  # sequence numbers are 16-bit: one ahead by less than this is newer
+_LATE_MAX = 100  # further behind than this is a sender that started again, not a late packet
 _RECEIVER_BUFFER = "_RTCRtpReceiver__jitter_buffer"  # aiortc 1.16's private attribute
 
 
 class ImmediateJitterBuffer(JitterBuffer):
-    """Releases every in-order or newer audio packet at once; drops late and repeated ones."""
+    """Releases every in-order or newer audio packet at once; drops late and repeated ones.
+    A packet far behind the last (a sender that started its numbering again) restarts it."""
 
     def __init__(self) -> None:
         super().__init__(capacity=16)
@@ -36,9 +38,11 @@ class ImmediateJitterBuffer(JitterBuffer):
 
     def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
         seq = packet.sequence_number
-        if self._last is not None and not 0 < (seq - self._last) % (1 << 16) < _HALF:
-            self.dropped += 1
-            return False, None
+        if self._last is not None:
+            ahead = (seq - self._last) % (1 << 16)
+            if ahead == 0 or (ahead >= _HALF and (1 << 16) - ahead <= _LATE_MAX):
+                self.dropped += 1
+                return False, None
         self._last = seq
         return False, JitterFrame(data=packet._data, timestamp=packet.timestamp)  # type: ignore[attr-defined]
 

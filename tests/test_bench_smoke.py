@@ -183,3 +183,40 @@ def test_a_second_voice_that_takes_over_silences_the_student(voices: dict[str, P
     # Talking over keeps the student's speech there; taking over leaves only the room.
     assert np.median(rms[1][quiet]) > 0.5 * np.median(rms[0][quiet])
     assert np.median(rms[2][quiet]) < 0.1 * np.median(rms[0][quiet])
+
+
+@pytest.mark.timeout(600)
+def test_bench_delay_streams_mixtures_and_times_each_second_voice(
+    voices: dict[str, Path], tmp_path: Path
+) -> None:
+    """Two espeak-ng voices stand in for the evaluation set's speakers: talk-over
+    mixtures, each a student of its own, through WebRTC to a proctor's alert."""
+    import soundfile
+
+    folder = tmp_path / "librispeech-train-clean-100"
+    folder.mkdir()
+    for speaker, name in ((100, "a"), (200, "b")):
+        audio, rate = soundfile.read(voices[name])
+        soundfile.write(folder / f"{speaker}-1-0001.flac", audio, rate)
+    result = bench(
+        *("delay", "--eval-dir", str(tmp_path), "--conditions", "overlap"),
+        *("--trials", "2", "--single", "0", "--concurrent", "2", "--json"),
+        timeout=560,
+    )
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+    data = json.loads(result.stdout)
+    assert data["cores"] == os.cpu_count()
+    assert data["streamed"] == data["mixtures"] == 2
+    overlap = data["conditions"]["overlap"]
+    assert overlap["second_voices"] == 2 and overlap["alerted"] >= 1, data
+    assert data["pooled"]["alerted"] == overlap["alerted"]
+    assert all(o is None or o >= 0 for o in (overlap["median_s"], overlap["p95_s"]))
+    assert data["single_voice_hours"] > 0  # each mixture's lead before its second voice
+    assert data["alert_delivery"]["alerts"] >= overlap["alerted"]
+
+
+def test_bench_delay_refuses_unknown_conditions_and_a_missing_set(tmp_path: Path) -> None:
+    for args in (("--conditions", "opus_quiet10"), ("--eval-dir", str(tmp_path))):
+        result = bench("delay", *args, timeout=60)
+        assert result.returncode == 2
+        assert "rtcproctor bench delay:" in result.stderr

@@ -443,7 +443,9 @@ class Capacity:
         """Voice alerts on single-voice audio: single-voice students, and helpers' students
         before their first second voice."""
         first_onset: dict[str, float] = {}
+        first_at: dict[str, float] = {}
         for episode in self.run.episodes:
+            first_at[episode.code] = min(first_at.get(episode.code, 1e18), episode.at)
             if episode.onset is not None:
                 first_onset[episode.code] = min(first_onset.get(episode.code, 1e18), episode.onset)
         seen: set[tuple[str, Any]] = set()
@@ -456,11 +458,23 @@ class Capacity:
                 elif ident not in seen and at < first_onset.get(code, 1e18):
                     seen.add(ident)
                     helper = "helper's student" if code in first_onset else "single voice"
-                    self.run.false_details.append(
-                        f"{alert.get('type')} on a {helper}, "
-                        f"{float(alert.get('end', 0)) - float(alert.get('start', 0)):.1f} s "
+                    start = float(alert.get("start", 0))
+                    index = self.codes.index(code) if code in self.codes else -1
+                    voice = self.mics[index].mic.voice if index >= 0 else "?"
+                    detail = (
+                        f"{alert.get('type')} on a {helper} (student {index}, {voice}), "
+                        f"{float(alert.get('end', 0)) - start:.1f} s "
                         f"long, confidence {alert.get('confidence', 0):.2f}"
                     )
+                    began = self.mics[index].started_at if index >= 0 else None
+                    if began is not None:
+                        detail += f", its audio from {start - began:.1f} s into the stream"
+                    if code in first_at:  # where it stands against the second voice's turn
+                        detail += (
+                            f", pushed {at - first_at[code]:+.1f} s and its audio from "
+                            f"{start - first_at[code]:+.1f} s from that turn's start"
+                        )
+                    self.run.false_details.append(detail)
         self.run.false_alerts, self.run.mic_silent = len(seen), len(silent)
         end = time.time()
         single = 0.0

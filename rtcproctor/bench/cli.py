@@ -1,4 +1,4 @@
-"""`rtcproctor bench signaling`, `shadow`, `capacity` and `voice`."""
+"""`rtcproctor bench signaling`, `shadow`, `capacity`, `delay` and `voice`."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     add_bench_parser(kinds)
     _add_shadow(kinds)
     _add_capacity(kinds)
+    _add_delay(kinds)
     signaling = kinds.add_parser("signaling", help="clients held, relay rate and latency, go-live")
     signaling.add_argument(
         "--server",
@@ -148,6 +149,27 @@ def _add_capacity(kinds: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.set_defaults(func=_later("rtcproctor.bench.capacity"))
+
+
+def _add_delay(kinds: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = kinds.add_parser(
+        "delay",
+        help="the evaluation set's mixtures through WebRTC: second voice onset -> proctor's alert",
+    )
+    parser.add_argument("--eval-dir", type=Path, default=DEFAULT_EVAL_DIR)
+    parser.add_argument("--seed", type=int, default=1234, help="as bench voice: the same mixtures")
+    parser.add_argument("--trials", type=int, default=20, help="mixtures per condition")
+    parser.add_argument(
+        "--single", type=int, default=10, help="single-speaker mixtures (60 s each)"
+    )
+    parser.add_argument(
+        "--conditions",
+        default="single,handoff,overlap,quiet10,gap_whisper",
+        help="comma-separated, among single,handoff,overlap,quiet10,gap_whisper",
+    )
+    parser.add_argument("--concurrent", type=int, default=10, help="students streaming at once")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.set_defaults(func=_later("rtcproctor.bench.delay"))
 
 
 def run(args: argparse.Namespace) -> int:

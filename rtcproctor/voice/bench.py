@@ -315,6 +315,16 @@ def score(condition: str, trials: list[Trial], run: RunResult, config: DetectorC
 TARGETED = ("handoff", "overlap", "quiet10", "gap_whisper", "opus_quiet10")
 
 
+def condition_trials(corpus: Corpus, condition: str, n: int, seed: int) -> list[Trial]:
+    """The mixtures of one condition for a seed: one generator per condition, so a subset
+    of conditions (or another bench, `bench delay`) builds the same mixtures."""
+    rng = np.random.default_rng([seed, zlib.crc32(condition.encode())])
+    return [
+        make_trial(corpus, condition, a, b, rng, i)
+        for i, (a, b) in enumerate(_pairs(corpus, n, rng))
+    ]
+
+
 def _pairs(corpus: Corpus, n: int, rng: np.random.Generator) -> list[tuple[str, str]]:
     ids = sorted(corpus.utterances)
     out = []
@@ -395,12 +405,7 @@ def run(args: argparse.Namespace) -> int:
     targeted: list[Score] = []
     for condition in conditions:
         n = single_n if condition.endswith("single") else trials_n
-        # One generator per condition: a subset of conditions builds the same mixtures.
-        rng = np.random.default_rng([args.seed, zlib.crc32(condition.encode())])
-        trials = [
-            make_trial(corpus, condition, a, b, rng, i)
-            for i, (a, b) in enumerate(_pairs(corpus, n, rng))
-        ]
+        trials = condition_trials(corpus, condition, n, args.seed)
         run_result = run_live(
             {t.name: t.audio for t in trials},
             config,

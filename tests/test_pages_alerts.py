@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from rtcproctor.shadow.peer import PTIME_MS
+from rtcproctor.shadow.peer import OPUS_BITRATE, PTIME_MS
 from tests.browser import Tab, launch
 from tests.test_pages import clean, live_student, monitor, norm, shot, video_playing
 
@@ -228,10 +228,13 @@ async def test_one_voice_raises_no_voice_alert(voice_server, browser, tmp_path):
         reported = [a["type"] for s in data["students"] for a in s["alerts"]]
         assert "multiple_voices" not in reported and "unknown_voice" not in reported
         assert clean(proctor) == [] and clean(student) == []
-        # Chromium follows the shadow peer's answer: Opus in 60 ms packets, not its 20 ms.
+        # Chromium follows the shadow peer's answer: Opus in 60 ms packets, not its 20 ms,
+        # and at the bitrate asked for, not its own 32 kbit/s.
         health = server.health()
         packet = health["shadow_audio_seconds"] / health["shadow_audio_frames"]
         assert abs(packet - PTIME_MS / 1000) < 0.005, health
+        bitrate = 8 * health["shadow_audio_bytes"] / health["shadow_audio_seconds"]
+        assert 0.75 * OPUS_BITRATE < bitrate < 1.25 * OPUS_BITRATE, health
     finally:
         await student_browser.close()
         await playwright.stop()

@@ -56,7 +56,7 @@ async def test_a_peer_answering_audio_gets_the_immediate_buffer():
         sender.addTransceiver("video", direction="sendonly")
         await sender.setLocalDescription(await sender.createOffer())
         await receiver.setRemoteDescription(sender.localDescription)
-        assert receive_audio_at_once(receiver) == 1  # audio only; video keeps its own
+        assert len(receive_audio_at_once(receiver)) == 1  # audio only; video keeps its own
         kinds = {
             t.kind: type(t.receiver._RTCRtpReceiver__jitter_buffer)
             for t in receiver.getTransceivers()
@@ -121,3 +121,30 @@ def test_opus_through_the_immediate_buffer_keeps_the_senders_clock_despite_loss(
         assert np.abs(gap).max() == 0.0
         heard = out[start + 400 : start + 600]  # the packet after a lost one is decoded
         assert np.abs(heard).max() > 0.05
+
+
+def test_the_answer_asks_for_wideband_opus_at_the_analysis_bitrate():
+    from rtcproctor.shadow.peer import OPUS_PARAMS, with_opus_params
+
+    offer_like = "\r\n".join(
+        [
+            "v=0",
+            "m=audio 9 UDP/TLS/RTP/SAVPF 111 63 0",
+            "a=rtpmap:111 opus/48000/2",
+            "a=fmtp:111 minptime=10;useinbandfec=1",
+            "a=rtpmap:63 red/48000/2",
+            "a=fmtp:63 111/111",
+            "a=rtpmap:0 PCMU/8000",
+            "m=audio 9 UDP/TLS/RTP/SAVPF 109",
+            "a=rtpmap:109 OPUS/48000/2",
+            "",
+        ]
+    )
+    out = with_opus_params(offer_like, OPUS_PARAMS).split("\r\n")
+    wanted = "maxaveragebitrate=64000;maxplaybackrate=16000"
+    assert f"a=fmtp:111 minptime=10;useinbandfec=1;{wanted}" in out
+    assert "a=fmtp:63 111/111" in out  # other codecs untouched
+    assert out[out.index("a=rtpmap:109 OPUS/48000/2") + 1] == f"a=fmtp:109 {wanted}"
+    # A value the SDP already has is kept, and nothing is added twice.
+    again = with_opus_params("\r\n".join(out), {"maxaveragebitrate": "1"}).split("\r\n")
+    assert again == out

@@ -49,6 +49,7 @@ from rtcproctor.bench.replay import (
 from rtcproctor.bench.server import BenchServer
 from rtcproctor.bench.shadow import health, wait_voice
 from rtcproctor.bench.speech import EncodedMic, encode_mics, find_speech
+from rtcproctor.shadow.peer import OPUS_BITRATE
 
 log = logging.getLogger("rtcproctor.bench")
 
@@ -587,7 +588,7 @@ def figures(cap: Capacity) -> dict[str, Any]:
         "load_average_end": [round(v, 2) for v in run.load_end],
         "students": run.students,
         "live": run.live,
-        "media": "audio only (Opus 32 kbit/s, pre-encoded, replayed)",
+        "media": f"audio only (Opus {OPUS_BITRATE // 1000} kbit/s, pre-encoded, replayed)",
         "speech": run.speech,
         "voices": run.voices,
         "second_voice_students": run.helpers,

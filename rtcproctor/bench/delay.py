@@ -38,6 +38,7 @@ from rtcproctor.bench.capacity import (
     delivery_figures,
     prioritise_generator,
     scrape,
+    step_counters,
 )
 from rtcproctor.bench.replay import (
     PACKET_TIME,
@@ -239,10 +240,20 @@ async def bench(args: argparse.Namespace, server: BenchServer) -> dict[str, Any]
         "single_voice_hours": round(hours, 3),
         "stride_at_end": metrics.get("rtcproctor_voice_stride"),
         "alert_delivery": delivery_figures(metrics),
+        "voice_steps": step_counters(metrics),
         "slowest": [
             f"{o.trial}: {o.latency:.2f} s ({o.alert_type})"
             for o in sorted(targeted, key=lambda o: -(o.latency or 0))[:5]
             if o.latency is not None
+        ],
+        "episodes": [
+            {
+                "trial": o.trial,
+                "onset_s": round(o.onset, 2),
+                "latency_s": None if o.latency is None else round(o.latency, 3),
+                "alert_type": o.alert_type,
+            }
+            for o in outcomes
         ],
         "missed": [
             f"{o.trial} (second voice from {o.onset:.1f} s)" for o in outcomes if o.latency is None
@@ -289,6 +300,13 @@ def print_report(out: dict[str, Any]) -> None:
             f"  server's   {delivery['mean_s']:.2f} s on average, 95 % within "
             f"{delivery['p95_at_most_s']:g} s from a window's last sample to its alert pushed; "
             f"1 window in {out['stride_at_end'] or 1:g} analysed at the end"
+        )
+    steps = out["voice_steps"]
+    if steps.get("steps"):
+        n = steps["steps"]
+        print(
+            f"  voice      {n:.0f} analysis steps, {steps['seconds'] / n:.3f} s and "
+            f"{steps.get('windows', 0) / n:.1f} windows each on average"
         )
     pooled = out["pooled"]
     if pooled["p95_s"] is not None:

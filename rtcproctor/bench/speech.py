@@ -22,12 +22,12 @@ from pathlib import Path
 import av
 import numpy as np
 
-from rtcproctor.shadow.peer import PTIME_MS
+from rtcproctor.shadow.peer import OPUS_BITRATE, PTIME_MS
 from rtcproctor.voice.audio import SAMPLE_RATE, load_audio, loop_speech, speaking
 
-# The packet time the shadow peer asks for in its answer, which browsers follow.
+# The packet time and bitrate the shadow peer asks for in its answer, which browsers
+# follow (wideband: the encoder is given 16 kHz, as the answer's maxplaybackrate asks).
 FRAME = SAMPLE_RATE * PTIME_MS // 1000
-OPUS_BITRATE = 32_000
 NOISE_DBFS = -70.0  # a quiet room, not digital silence
 
 # Original sentences for the synthetic voices (any text works; several keep them apart).

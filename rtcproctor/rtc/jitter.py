@@ -35,6 +35,7 @@ class ImmediateJitterBuffer(JitterBuffer):
         super().__init__(capacity=16)
         self._last: int | None = None
         self.dropped = 0
+        self.payload_bytes = 0  # released
 
     def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
         seq = packet.sequence_number
@@ -44,14 +45,16 @@ class ImmediateJitterBuffer(JitterBuffer):
                 self.dropped += 1
                 return False, None
         self._last = seq
-        return False, JitterFrame(data=packet._data, timestamp=packet.timestamp)  # type: ignore[attr-defined]
+        data: bytes = packet._data  # type: ignore[attr-defined]
+        self.payload_bytes += len(data)
+        return False, JitterFrame(data=data, timestamp=packet.timestamp)
 
 
-def receive_audio_at_once(pc: RTCPeerConnection) -> int:
+def receive_audio_at_once(pc: RTCPeerConnection) -> list[ImmediateJitterBuffer]:
     """Give each audio receiver of `pc` an `ImmediateJitterBuffer` (call it after
-    setRemoteDescription, before media flows). Returns how many it changed; 0 with an
-    aiortc whose receiver no longer keeps its buffer there (then it logs a warning)."""
-    changed = 0
+    setRemoteDescription, before media flows). Returns them; none with an aiortc whose
+    receiver no longer keeps its buffer there (then it logs a warning)."""
+    changed: list[ImmediateJitterBuffer] = []
     for transceiver in pc.getTransceivers():
         receiver = transceiver.receiver
         if transceiver.kind != "audio" or receiver is None:
@@ -59,8 +62,9 @@ def receive_audio_at_once(pc: RTCPeerConnection) -> int:
         if not isinstance(getattr(receiver, _RECEIVER_BUFFER, None), JitterBuffer):
             log.warning("this aiortc keeps no jitter buffer where expected: audio stays late")
             continue
-        setattr(receiver, _RECEIVER_BUFFER, ImmediateJitterBuffer())
-        changed += 1
+        buffer = ImmediateJitterBuffer()
+        setattr(receiver, _RECEIVER_BUFFER, buffer)
+        changed.append(buffer)
     return changed
 
 

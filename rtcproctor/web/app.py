@@ -105,6 +105,7 @@ async def healthz(request: web.Request) -> web.Response:
         "shadow_audio_seconds": round(sum(p.seconds for p in shadow.peers.values()), 2)
         if shadow
         else 0.0,
+        "shadow_audio_bytes": sum(p.payload_bytes for p in shadow.peers.values()) if shadow else 0,
     }
     return web.json_response(body, status=200 if database == "ok" else 503)
 

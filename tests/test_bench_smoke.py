@@ -156,7 +156,7 @@ def test_bench_capacity_compares_one_process_with_two(voices: dict[str, Path]) -
 def test_a_second_voice_that_takes_over_silences_the_student(voices: dict[str, Path]) -> None:
     """--takeover: while the helper speaks, the microphone carries the helper alone."""
     from rtcproctor.bench.speech import FRAME, Speech, encode_mics, speech_files
-    from rtcproctor.rtc.jitter import MonoAudio
+    from rtcproctor.rtc.receive import MonoAudio
     from rtcproctor.voice.audio import SAMPLE_RATE, block_rms
 
     speech: Speech = speech_files([voices["a"], voices["b"]])

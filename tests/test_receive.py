@@ -12,7 +12,7 @@ from aiortc.codecs.opus import OpusDecoder, OpusEncoder
 from aiortc.jitterbuffer import JitterBuffer
 from aiortc.rtp import RtpPacket
 
-from rtcproctor.rtc.jitter import (
+from rtcproctor.rtc.receive import (
     AudioClock,
     ImmediateJitterBuffer,
     MonoAudio,

@@ -859,7 +859,9 @@ def split(values: list[str] | None) -> list[str]:
     return [v.strip() for value in values or [] for v in value.split(",") if v.strip()]
 
 
-def main(args: argparse.Namespace) -> int:
+def setup_generator() -> None:
+    """The load generator's process: its log, peers on loopback only that wait for STUN
+    answers as browsers do, and a clean exit on SIGTERM."""
     logging.basicConfig(
         stream=sys.stderr,
         level=os.environ.get("RTCPROCTOR_LOG_LEVEL", "INFO"),
@@ -872,6 +874,10 @@ def main(args: argparse.Namespace) -> int:
     loopback_only()
     browser_like_consent()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
+def main(args: argparse.Namespace) -> int:
+    setup_generator()
     urls, keys = split(args.server), split(args.key)
     if keys and len(keys) not in (1, len(urls)):
         print("rtcproctor bench capacity: give one --key, or one per --server", file=sys.stderr)

@@ -23,7 +23,6 @@ import json
 import logging
 import math
 import os
-import signal
 import statistics
 import sys
 import time
@@ -38,13 +37,13 @@ from rtcproctor.bench.capacity import (
     delivery_figures,
     prioritise_generator,
     scrape,
+    setup_generator,
     step_counters,
 )
 from rtcproctor.bench.replay import (
     PACKET_TIME,
     Microphone,
     VoiceStudent,
-    browser_like_consent,
     voice_media,
 )
 from rtcproctor.bench.server import BenchServer
@@ -330,18 +329,7 @@ def run(args: argparse.Namespace) -> int:
     if not (args.eval_dir / "librispeech-train-clean-100").is_dir():
         print(f"rtcproctor bench delay: no evaluation set in {args.eval_dir}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=os.environ.get("RTCPROCTOR_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    for noisy in ("aioice", "aiortc", "rtcproctor.sim", "socketio", "engineio"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    from rtcproctor.rtc.hosts import loopback_only
-
-    loopback_only()
-    browser_like_consent()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    setup_generator()
     server = BenchServer.start(timeout=60, env={"RTCPROCTOR_VOICE": "1"})
     try:
         prioritise_generator()

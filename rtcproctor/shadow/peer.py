@@ -14,7 +14,7 @@ from aiortc import MediaStreamTrack, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
 
 from rtcproctor.rtc.ice import candidate_from_init, configuration, description_from_json
-from rtcproctor.rtc.jitter import ImmediateJitterBuffer, MonoAudio, receive_audio_at_once
+from rtcproctor.rtc.receive import ImmediateJitterBuffer, MonoAudio, receive_audio_at_once
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""An audio jitter buffer that holds nothing back, for peers that analyse, not play.
+"""Receiving audio to analyse, not to play: each packet at once, silence for the missing.
 
 aiortc's audio receiver releases an Opus packet only once four more have arrived
 (`JitterBuffer(capacity=16, prefetch=4)`), and one packet per arrival: at 60 ms packets

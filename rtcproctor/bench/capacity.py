@@ -204,6 +204,10 @@ def delivery_figures(metrics: dict[str, float]) -> dict[str, float] | None:
     }
 
 
+def delivery_words(delivery: dict[str, float]) -> str:
+    return f"{delivery['mean_s']:.2f} s on average, 95 % within {delivery['p95_at_most_s']:g} s"
+
+
 def answer_figures(seconds: list[float]) -> dict[str, float] | None:
     if not seconds:
         return None
@@ -776,9 +780,8 @@ def print_report(out: dict[str, Any], own_server: bool) -> None:
         delivery = server.get("alert_delivery")
         if delivery:
             p(
-                f"  server's   {delivery['mean_s']:.2f} s on average, 95 % within "
-                f"{delivery['p95_at_most_s']:g} s: from the last sample of an alert's window "
-                f"arriving to the alert pushed ({delivery['alerts']} alerts and revisions)"
+                f"  server's   {delivery_words(delivery)}: from the last sample of an alert's "
+                f"window arriving to the alert pushed ({delivery['alerts']} alerts and revisions)"
             )
     loss = out["worst_stream_loss"]
     p(

@@ -35,6 +35,8 @@ from rtcproctor.bench.capacity import (
     VOICE_ALERTS,
     AlertWatcher,
     delivery_figures,
+    delivery_words,
+    percentile,
     prioritise_generator,
     scrape,
     setup_generator,
@@ -73,7 +75,6 @@ class Streamed:
     code: str
     packets: list[bytes] = field(repr=False)
     started_at: float | None = None  # wall clock of the first packet
-    ended_at: float | None = None
 
 
 @dataclass
@@ -113,7 +114,6 @@ async def stream_one(url: str, item: Streamed) -> None:
     except TimeoutError:
         log.warning("%s: no audio flowed within %g s", item.trial.name, GO_LIVE_WITHIN)
     finally:
-        item.ended_at = time.time()
         stop.set()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(task, 15)
@@ -143,7 +143,7 @@ def score(
         if item.started_at is None:
             continue
         t0, trial = item.started_at, item.trial
-        alerts = by_code.get(item.code.replace("-", "").upper(), [])
+        alerts = by_code.get(item.code, [])
         single += trial.single_until
         firsts: dict[Any, float] = {}
         for at, alert in alerts:
@@ -174,11 +174,6 @@ def score(
     return outcomes, false, single / 3600
 
 
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)] if ordered else math.nan
-
-
 def summary(outcomes: list[Outcome]) -> dict[str, Any]:
     found = [o.latency for o in outcomes if o.latency is not None]
     return {
@@ -200,11 +195,12 @@ async def bench(args: argparse.Namespace, server: BenchServer) -> dict[str, Any]
     }
     count = sum(len(t) for t in trials.values())
     await wait_voice(server.url)
-    codes = await asyncio.to_thread(server.codes, count)
+    # As the proctor client reports them: without dashes, upper case.
+    codes = [c.replace("-", "").upper() for c in await asyncio.to_thread(server.codes, count)]
     log.info("encoding %d mixtures", count)
     streamed = await asyncio.to_thread(encode, trials, codes, args.seed)
     watcher = AlertWatcher(server.url, server.key or "")
-    await watcher.start([c.replace("-", "").upper() for c in codes])
+    await watcher.start(codes)
     queue: asyncio.Queue[Streamed] = asyncio.Queue()
     for item in sorted(streamed, key=lambda s: s.trial.audio.size, reverse=True):
         queue.put_nowait(item)  # the longest first: the lanes end together
@@ -296,8 +292,8 @@ def print_report(out: dict[str, Any]) -> None:
     delivery = out["alert_delivery"]
     if delivery:
         print(
-            f"  server's   {delivery['mean_s']:.2f} s on average, 95 % within "
-            f"{delivery['p95_at_most_s']:g} s from a window's last sample to its alert pushed; "
+            f"  server's   {delivery_words(delivery)} from a window's last sample to its alert "
+            "pushed; "
             f"1 window in {out['stride_at_end'] or 1:g} analysed at the end"
         )
     steps = out["voice_steps"]

@@ -142,26 +142,19 @@ def with_ptime(sdp: str, ms: int) -> str:
 
 
 def with_opus_params(sdp: str, params: dict[str, str]) -> str:
-    """`sdp` with `params` in the format parameters of each Opus payload type (a value
-    already there is kept)."""
-    types = set(re.findall(r"(?m)^a=rtpmap:(\d+) opus/", sdp, flags=re.IGNORECASE))
-    lines = sdp.split("\r\n")
+    """`sdp` with `params` in the format parameters of each Opus payload type: added to its
+    `a=fmtp` line (a value already there is kept), or in one of their own after its rtpmap."""
+    opus = set(re.findall(r"(?im)^a=rtpmap:(\d+) opus/", sdp))
+    bare = opus - set(re.findall(r"(?m)^a=fmtp:(\d+) ", sdp))
+    wanted = ";".join(f"{k}={v}" for k, v in params.items())
     out: list[str] = []
-    done: set[str] = set()
-    for line in lines:
-        found = re.match(r"a=fmtp:(\d+) (.*)", line)
-        if found and found.group(1) in types:
-            have = dict(p.split("=", 1) for p in found.group(2).split(";") if "=" in p)
-            extra = [f"{k}={v}" for k, v in params.items() if k not in have]
-            line = ";".join([found.group(2), *extra]) if extra else found.group(2)
-            line = f"a=fmtp:{found.group(1)} {line}"
-            done.add(found.group(1))
+    for line in sdp.split("\r\n"):
+        fmtp = re.match(r"a=fmtp:(\d+) (.*)", line)
+        if fmtp and fmtp.group(1) in opus:
+            have = {p.split("=", 1)[0] for p in fmtp.group(2).split(";")}
+            line = ";".join([line, *(f"{k}={v}" for k, v in params.items() if k not in have)])
         out.append(line)
         rtpmap = re.match(r"a=rtpmap:(\d+) ", line)
-        if rtpmap and rtpmap.group(1) in types and rtpmap.group(1) not in done:
-            # Without an fmtp line of its own: one after the rtpmap, unless one follows.
-            following = f"a=fmtp:{rtpmap.group(1)} "
-            if not any(x.startswith(following) for x in lines):
-                out.append(following + ";".join(f"{k}={v}" for k, v in params.items()))
-                done.add(rtpmap.group(1))
+        if rtpmap and rtpmap.group(1) in bare:
+            out.append(f"a=fmtp:{rtpmap.group(1)} {wanted}")
     return "\r\n".join(out)

@@ -313,6 +313,11 @@ class RedisPresence:
 
     async def watchers(self, student_id: int) -> list[str]:
         entries = await self.redis.hgetall(self._k("watchers", student_id))
+        for proc in set(entries.values()) - self._alive:
+            # A process started since the last heartbeat: ask now, or its proctors would
+            # miss a student going live in its first seconds (no peer ever requested).
+            if await self.redis.exists(self._k("alive", proc)):
+                self._alive.add(proc)
         return sorted(sid for sid, proc in entries.items() if proc in self._alive)
 
     # Peers

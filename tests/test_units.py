@@ -378,3 +378,43 @@ def test_usable_cores_follow_the_cgroup_quota_and_the_cpu_affinity(tmp_path):
     from rtcproctor.voice.worker import MAX_PROCESSES, serving_processes
 
     assert serving_processes() == max(1, min(usable_cores() - 1, MAX_PROCESSES))
+
+
+@pytest.mark.parametrize(
+    "voice_from,alerted_live", [(5.8, 7.5), (6.15, 8.0)], ids=["long-enough", "still-short"]
+)
+def test_a_live_doubt_is_looked_at_again_half_a_hop_later_and_offline_a_hop_later(
+    voice_from, alerted_live
+):
+    """Live (windows taken as the audio comes), the second look at a doubtful voice comes
+    `second_look` after the window that doubted it, then the hop's grid goes on;
+    offline the next window of the grid is the second look. An early look that still
+    hears less than `embed_min` of the voice leaves the verdict to the grid's window."""
+    import numpy as np
+
+    from rtcproctor.voice.detector import Detector, DetectorConfig
+
+    noise = np.random.default_rng(0).normal(0, 0.05, 16_000 * 9).astype(np.float32)
+    config = DetectorConfig(second_look=0.5, pair_min=0.8, embed_min=1.5, short_sure=0.3)
+    seen = {}
+    for live in (True, False):
+        det = Detector("s", config)
+        det.live = live
+        det.push(noise[: 16_000 * 6])
+        _step(det, det.ready_windows()[0], [(0.0, 6.0)], [_scoring(1.0)])  # enrolls
+        det.push(noise[16_000 * 6 : 16_000 * 7])
+        win = det.ready_windows()[0]
+        alerts, _ = _step(det, win, [(6.0 - (7.0 - voice_from), 6.0)], [_scoring(0.45)])
+        assert alerts == [] and det.focused  # under 1.5 s, in doubt
+        ends, alerted = [], []
+        for until in (7.5, 8.0):
+            det.push(noise[len(ends) * 8000 + 16_000 * 7 : int(until * 16_000)])
+            wins = det.ready_windows()
+            ends += [w.end for w in wins]
+            for win in wins:
+                spans = [(6.0 - (win.end - voice_from), 6.0)]
+                found, _ = _step(det, win, spans, [_scoring(0.45)])
+                alerted += [(str(a.type), win.end) for a in found]
+        seen[live] = (ends, alerted[:1])
+    assert seen[True] == ([7.5, 8.0], [("unknown_voice", alerted_live)])
+    assert seen[False] == ([8.0], [("unknown_voice", 8.0)])

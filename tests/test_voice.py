@@ -546,3 +546,37 @@ def test_thinned_pace_still_sees_two_voices_with_fewer_windows(models, sample):
         alerts[stride] = {a.type for a in found}
     assert AlertType.MULTIPLE_VOICES in alerts[1] and AlertType.MULTIPLE_VOICES in alerts[3]
     assert seen[3] < seen[1]
+
+
+def test_a_live_step_hands_out_the_focused_streams_alerts_before_the_others_windows(models, sample):
+    """Live, a stream where a second voice may be starting is concluded, and its alerts
+    handed out, before the other streams' windows of the same step are analysed."""
+    from rtcproctor.voice.analyzer import Analyzer
+    from rtcproctor.voice.pacing import Pacer
+
+    analyzer = Analyzer(DetectorConfig(), models=models, pacer=Pacer(high=2.0, low=-1.0))
+    names = [f"s{k}" for k in range(4)]
+    lead = {name: k * 3 * SR for k, name in enumerate(names)}  # each a different moment
+    early = 0
+    for i in range(0, sample.size, SR // 2):
+        for name in names:
+            at = (i + lead[name]) % sample.size
+            analyzer.submit(name, sample[at : at + SR // 2])
+        focused = {name for name in names if analyzer.detector(name).focused}
+        before = analyzer.backlog()
+        emitted: list[tuple[set[str], dict[str, tuple[float, float]]]] = []
+
+        def emit(alerts, emitted=emitted):
+            emitted.append(({a.stream for a in alerts}, analyzer.backlog()))
+
+        stats = analyzer.live_step(emit)
+        after = analyzer.backlog()
+        assert stats.windows == analyzer.last.windows
+        for streams, then in emitted:
+            if not streams <= focused:
+                continue
+            others = [n for n in names if n not in focused and after[n][1] < before[n][1]]
+            # windows of this step, not yet analysed when the focused alert went out
+            assert all(then[n][1] == before[n][1] for n in others), (streams, focused)
+            early += bool(others)
+    assert early > 0

@@ -80,7 +80,9 @@ class ShadowProctor:
         self._loop_task: asyncio.Task[None] | None = None
         self._frames_of_closed = 0
         self._seconds_of_closed = 0.0
-        self._window_due = asyncio.Event()  # a stream completed a window since the last step
+        # A stream completed a window (or the window of an early second look, which the
+        # last step asked for: voice.detector's second_look) since the last step.
+        self._window_due = asyncio.Event()
         self._hop = int(DetectorConfig().hop * SAMPLE_RATE)
         self.error: str | None = None
 
@@ -151,12 +153,22 @@ class ShadowProctor:
                 if self.metrics is not None:
                     last = self.analyzer.last
                     self.metrics.step(last.seconds, last.windows, last.skipped)
+                self._look_now()
             except BrokenProcessPool:
                 if not await self._restart():
                     return
             except Exception:
                 log.exception("voice analysis step failed")
             await self._pause(began)
+
+    def _look_now(self) -> None:
+        """Step again at once if a second look's audio came in during the step."""
+        looks = self.analyzer.looks if self.analyzer is not None else {}
+        if any(
+            (stream := self._by_key.get(key)) is not None and stream.samples >= due * SAMPLE_RATE
+            for key, due in looks.items()
+        ):
+            self._window_due.set()
 
     async def _deliver(self, alerts: list[Alert]) -> None:
         for alert in alerts:
@@ -202,7 +214,10 @@ class ShadowProctor:
             if self.analyzer is not None:  # None while a dead worker is replaced
                 self.analyzer.submit(stream.key, samples)
             before, stream.samples = stream.samples, stream.samples + len(samples)
-            if stream.samples // self._hop > before // self._hop:
+            look = self.analyzer.looks.get(stream.key) if self.analyzer is not None else None
+            if stream.samples // self._hop > before // self._hop or (
+                look is not None and before < look * SAMPLE_RATE <= stream.samples
+            ):
                 self._window_due.set()
 
         peer = ShadowPeer(peer_id, sink, rtc, self._on_peer_failed)

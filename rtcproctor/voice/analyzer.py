@@ -27,6 +27,11 @@ from rtcproctor.voice.segmentation import Activity, Run, Segmenter
 
 # Live, a stream gives at most this many windows to a step; older ones are skipped.
 LIVE_LIMIT = 2
+# Live, a step concludes the streams in groups of about this many windows and hands
+# each group's alerts out at once, instead of every alert at the step's end: an alert
+# no longer waits for the other streams' windows. Segmentation in batches of 8 windows
+# costs 12 ms a window, against 16 ms one at a time and 11.6 ms in batches of 24.
+GROUP_WINDOWS = 8
 # A stream with this many windows in one step has its embeddings computed ahead.
 RUN_AHEAD_MIN = 3
 # Forks run ahead up to this many times before the real pass, each with the embeddings
@@ -44,6 +49,15 @@ class StepStats:
     embeddings: int = 0
     seconds: float = 0.0
     skipped: int = 0  # windows left out to catch up (live only)
+
+    def __add__(self, other: StepStats) -> StepStats:
+        return StepStats(
+            self.windows + other.windows,
+            self.segmented + other.segmented,
+            self.embeddings + other.embeddings,
+            self.seconds + other.seconds,
+            self.skipped + other.skipped,
+        )
 
 
 @dataclass
@@ -77,6 +91,7 @@ class Analyzer:
         pacer: Pacer | None = None,
         stride: int = 1,
         speculate: bool = True,
+        live: bool | None = None,
     ) -> None:
         self.config = config or DetectorConfig()
         self.models = models or load_models()
@@ -86,6 +101,10 @@ class Analyzer:
         self.pacer = pacer  # live only: offline analysis takes every window
         self.stride = stride  # fixed pace when there is no pacer (`analyze --pace`)
         self.speculate = speculate  # embed ahead for streams with many windows a step
+        # Windows taken as the audio comes, each concluded before the next is taken (a
+        # server, or `bench voice` feeding it in chunks): early second looks are possible
+        # (DetectorConfig.second_look). By default, live if paced.
+        self.live = pacer is not None if live is None else live
         self._streams: dict[str, _Stream] = {}
         self._lock = threading.Lock()  # guards the dict, not the detectors
         self._step_lock = threading.Lock()  # one step at a time
@@ -118,6 +137,12 @@ class Analyzer:
         with self._lock:
             return list(self._streams)
 
+    def looks(self) -> dict[str, float]:
+        """Streams awaiting an early second look: the stream time its window completes."""
+        with self._lock:
+            entries = list(self._streams.items())
+        return {name: due for name, e in entries if (due := e.detector.look_due) is not None}
+
     def backlog(self) -> dict[str, tuple[float, float]]:
         """Per stream: (seconds received but not yet taken by a step, seconds received
         after the end of the analysed audio). Read without the stream locks so a scrape
@@ -135,6 +160,7 @@ class Analyzer:
             entry = self._streams.get(stream)
             if entry is None:
                 entry = self._streams[stream] = _Stream(Detector(stream, self.config))
+                entry.detector.live = self.live
             return entry
 
     # ------------------------------------------------------------ worker side
@@ -144,6 +170,28 @@ class Analyzer:
         alerts out."""
         with self._step_lock:
             return self.decide(self.prepare(focused))
+
+    def live_step(self, emit: Callable[[list[Alert]], None]) -> StepStats:
+        """A live step, as `step()` but handing alerts to `emit` as they are concluded:
+        first the windows of the focused streams (`Detector.focused`: a second voice may
+        be starting), one stream at a time, then the other streams' windows in groups
+        of about GROUP_WINDOWS. Returns what the whole step did (also in `last`)."""
+        with self._step_lock:
+            total = StepStats()
+            for focused in (True, False):
+                taken = self.take(focused)
+                if not (taken.batches or taken.alerts or taken.closing):
+                    total += taken.stats
+                    continue
+                for group in _groups(taken, 1 if focused else GROUP_WINDOWS):
+                    for job in self.segmentation_jobs(group):
+                        job()
+                    alerts = self.decide(group)
+                    total += group.stats
+                    if alerts:
+                        emit(alerts)
+            self.last = total
+            return total
 
     def prepare(self, focused: bool = False) -> Prepared:
         """The first half of a step: take the ready windows (as `step`) and segment them."""
@@ -341,6 +389,30 @@ class Analyzer:
         if not segments:
             return np.zeros((0, self.embedder.dim), np.float32)
         return self.embedder(segments)
+
+
+def _groups(prepared: Prepared, windows: int) -> list[Prepared]:
+    """`prepared` cut into parts of whole streams, each of about `windows` windows (one
+    stream at least), in order. The first part carries what was taken besides windows
+    (silence alerts, the time taking took), the last the streams to forget once their
+    windows are concluded."""
+    parts: list[Prepared] = []
+    count = windows
+    for entry, wins in prepared.batches:
+        if count + len(wins) > windows:
+            parts.append(Prepared(closing=set()))
+            count = 0
+        parts[-1].batches.append((entry, wins))
+        parts[-1].stats.windows += len(wins)
+        count += len(wins)
+    if not parts:
+        parts.append(Prepared(closing=set()))
+    first = parts[0]
+    first.alerts += prepared.alerts
+    first.stats.seconds += prepared.stats.seconds
+    first.stats.skipped += prepared.stats.skipped
+    parts[-1].closing = prepared.closing
+    return parts
 
 
 def _runs(windows: list[Window], limit: int | None = None) -> list[tuple[Run, list[Window]]]:

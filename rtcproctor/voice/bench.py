@@ -191,12 +191,13 @@ def run_live(
     trace: bool = False,
     pace: int = 1,
 ) -> RunResult:
-    """Feed every stream in lockstep, `chunk` seconds at a time, one step per chunk;
-    `pace` N analyses 1 window in N, as a loaded server does."""
+    """Feed every stream in lockstep, `chunk` seconds at a time (half a hop: an early
+    second look comes when a server would take it), one step per chunk; `pace` N
+    analyses 1 window in N, as a loaded server does."""
     from rtcproctor.voice.analyzer import Analyzer
 
-    analyzer = Analyzer(config, stride=pace)
-    step = int((chunk or config.hop) * SR)
+    analyzer = Analyzer(config, stride=pace, live=True)
+    step = int((chunk or config.hop / 2) * SR)
     longest = max(x.size for x in streams.values())
     result = RunResult(audio_seconds=sum(x.size for x in streams.values()) / SR)
     closed: set[str] = set()

@@ -22,11 +22,14 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from itertools import count
+from multiprocessing.connection import Connection
 
 import numpy as np
 
@@ -65,11 +68,13 @@ class Batch:
 
 @dataclass(frozen=True)
 class Result:
-    alerts: list[Alert]
+    """What a step did, once it is over (its alerts went out through the pipe)."""
+
     stats: StepStats
     backlog: dict[str, tuple[float, float]]
     stride: int = 1
     busy: float = 0.0
+    looks: dict[str, float] = field(default_factory=dict)  # as `Analyzer.looks`
 
 
 @dataclass
@@ -77,9 +82,15 @@ class _Process:
     """The worker process's own analyzer (each worker process holds exactly one)."""
 
     analyzer: Analyzer | None = None
+    alerts: Connection | None = None  # a step's alerts go out here as they are concluded
 
 
 _here = _Process()
+
+
+def _keep(alerts: Connection) -> None:
+    """Runs in the worker as it starts: where its steps send their alerts."""
+    _here.alerts = alerts
 
 
 def _die_with(server: int) -> None:
@@ -108,25 +119,29 @@ def _load(threads: int, nice: int, server: int) -> str:
     return f"{models.embedding_kind} models from {models.source} ({models.precision})"
 
 
-def _step(batch: Batch, focused: bool = False) -> Result:
-    """Runs in the worker: take the batch in, analyse the ready windows (`focused`: only
-    those of the streams where a second voice may be starting)."""
-    analyzer = _here.analyzer
-    assert analyzer is not None, "models not loaded"
-    for stream, samples in batch.audio.items():
-        analyzer.submit(stream, samples)
-    for stream in batch.re_enroll:
-        analyzer.re_enroll(stream)
-    for stream in batch.closed:
-        analyzer.close(stream)
-    alerts = analyzer.step(focused)
+def _step(batch: Batch, step: int) -> Result:
+    """Runs in the worker: take the batch in and analyse the ready windows, sending
+    `(step, alerts)` through the pipe as each group of streams is concluded
+    (`Analyzer.live_step`), then `(step, None)` once no more will come."""
+    analyzer, out = _here.analyzer, _here.alerts
+    assert analyzer is not None and out is not None, "models not loaded"
+    try:
+        for stream, samples in batch.audio.items():
+            analyzer.submit(stream, samples)
+        for stream in batch.re_enroll:
+            analyzer.re_enroll(stream)
+        for stream in batch.closed:
+            analyzer.close(stream)
+        stats = analyzer.live_step(lambda alerts: out.send((step, alerts)))
+    finally:
+        out.send((step, None))
     pacer = analyzer.pacer
     return Result(
-        alerts,
-        analyzer.last,
+        stats,
         analyzer.backlog(),
         pacer.stride if pacer else 1,
         pacer.busy_fraction if pacer else 0.0,
+        analyzer.looks(),
     )
 
 
@@ -143,8 +158,10 @@ class _Lane:
     """One worker process and what it last reported (its students: `AnalysisWorker._home`)."""
 
     pool: ProcessPoolExecutor
+    alerts: Connection  # the reading end of the process's alert pipe
     pace: Pace = field(default_factory=Pace)
     backlog: dict[str, tuple[float, float]] = field(default_factory=dict)
+    looks: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -158,11 +175,17 @@ class AnalysisWorker:
     nice: int = NICE
     last: StepStats = field(default_factory=StepStats)
     description: str = ""
+    # Streams awaiting an early second look, as of the last step: the stream time (s) at
+    # which its window is complete, so that a step starts then (shadow.proctor).
+    looks: dict[str, float] = field(default_factory=dict)
     _lanes: list[_Lane] = field(default_factory=list)
     _home: dict[str, int] = field(default_factory=dict)  # stream -> its process
     _audio: dict[str, list[np.ndarray]] = field(default_factory=dict)
     _closed: list[str] = field(default_factory=list)
     _re_enroll: list[str] = field(default_factory=list)
+    _inbox: asyncio.Queue[tuple[int, int, list[Alert] | None]] | None = None
+    _pumps: list[threading.Thread] = field(default_factory=list)
+    _steps: count[int] = field(default_factory=count)
 
     @property
     def pacer(self) -> Pace:
@@ -179,12 +202,17 @@ class AnalysisWorker:
         """Start the processes and load the models in each (raises what loading raised)."""
         # spawn: a fork of a server with threads and sockets open is not safe for torch.
         context = multiprocessing.get_context("spawn")
-        pools = [
-            ProcessPoolExecutor(max_workers=1, mp_context=context)
-            for _ in range(max(1, self.processes))
-        ]
-        self._lanes = [_Lane(pool) for pool in pools]
         loop = asyncio.get_running_loop()
+        inbox: asyncio.Queue[tuple[int, int, list[Alert] | None]] = asyncio.Queue()
+        writers: list[Connection] = []
+        for _ in range(max(1, self.processes)):
+            reader, writer = context.Pipe(duplex=False)
+            pool = ProcessPoolExecutor(
+                max_workers=1, mp_context=context, initializer=_keep, initargs=(writer,)
+            )
+            self._lanes.append(_Lane(pool, reader))
+            writers.append(writer)
+        pools = [lane.pool for lane in self._lanes]
         began = time.perf_counter()
         try:
             loaded = await asyncio.gather(
@@ -196,6 +224,21 @@ class AnalysisWorker:
         except BaseException:
             await self.stop()
             raise
+        finally:
+            for writer in writers:  # each process holds its own end: EOF when it dies
+                writer.close()
+        self._inbox = inbox
+        self._pumps = [
+            threading.Thread(
+                target=_pump,
+                args=(index, lane.alerts, loop, inbox),
+                name=f"voice-alerts-{index}",
+                daemon=True,
+            )
+            for index, lane in enumerate(self._lanes)
+        ]
+        for pump in self._pumps:
+            pump.start()
         self.description = loaded[0]
         log.info(
             "voice worker processes ready in %.1f s (%d of them, %s, %d torch thread(s) each)",
@@ -207,13 +250,23 @@ class AnalysisWorker:
 
     async def stop(self) -> None:
         lanes, self._lanes = self._lanes, []
+        pumps, self._pumps = self._pumps, []
         processes = [p for lane in lanes for p in getattr(lane.pool, "_processes", {}).values()]
         for lane in lanes:
             lane.pool.shutdown(wait=False, cancel_futures=True)
         for process in processes:  # a step may be running: do not wait for it
             with contextlib.suppress(Exception):
                 process.terminate()
-        await asyncio.to_thread(lambda: [p.join(5) for p in processes])
+
+        def join() -> None:
+            for process in processes:
+                process.join(5)
+            for pump in pumps:  # the pipes' writers died with the processes: EOF
+                pump.join(5)
+            for lane in lanes:
+                lane.alerts.close()
+
+        await asyncio.to_thread(join)
 
     def submit(self, stream: str, samples: np.ndarray) -> None:
         if stream not in self._home:  # a new stream goes to the process with the fewest
@@ -243,19 +296,68 @@ class AnalysisWorker:
         return [alert async for part in self.steps() for alert in part]
 
     async def steps(self) -> AsyncIterator[list[Alert]]:
-        """One analysis step in every worker process at once, in two parts, each
-        yielding its alerts: first the windows of the focused streams (a second voice
-        may be starting), whose alerts are delivered while the other streams' windows
-        are analysed (bench capacity, 50 students: that part took 0.5 s a step, and the
-        alert median fell by 0.3 s). Raises BrokenProcessPool if a process died (its
-        students' voices died with it); another failure is logged, and the other
-        processes' alerts still come out.
+        """One analysis step in every worker process at once, yielding alerts as the
+        processes conclude them (`Analyzer.live_step`): the focused streams' first, one
+        stream at a time, then the others in groups. Before, a step came back in two
+        parts, all the focused streams' alerts then all the others': in bench delay,
+        an alert waited 0.16 s for its part (the median, 0.33 s in the second part),
+        mostly for other streams' windows and embeddings. Raises BrokenProcessPool if
+        a process died (its students' voices died with it); another failure is logged,
+        and the other processes' alerts still come out.
 
         The processes step together: on their own clocks (bench capacity, 50 students)
         they made twice as many smaller steps, which batched worse and kept the event
         loop busier, and analysed 1 window in 3 instead of 2."""
-        if not self._lanes:
+        if not self._lanes or self._inbox is None:
             raise RuntimeError("the voice worker is not running")
+        inbox, lanes, step = self._inbox, list(self._lanes), next(self._steps)
+        loop = asyncio.get_running_loop()
+        futures = [
+            loop.run_in_executor(lane.pool, _step, batch, step)
+            for lane, batch in zip(lanes, self._batches(), strict=True)
+        ]
+        waiting = set(range(len(lanes)))  # lanes whose last alerts may still come
+        message = asyncio.ensure_future(inbox.get())
+        try:
+            while waiting:
+                running = [futures[i] for i in waiting if not futures[i].done()]
+                await asyncio.wait([message, *running], return_when=asyncio.FIRST_COMPLETED)
+                for i in list(waiting):
+                    if futures[i].done() and (error := futures[i].exception()) is not None:
+                        if isinstance(error, BrokenProcessPool):
+                            raise error
+                        waiting.discard(i)  # it failed before it could say so: logged below
+                if not message.done():
+                    continue
+                lane, of, alerts = message.result()
+                message = asyncio.ensure_future(inbox.get())
+                if alerts is None:
+                    if of == step:
+                        waiting.discard(lane)
+                elif alerts:  # a failed step's late alerts too: late beats never
+                    yield alerts
+        finally:
+            message.cancel()
+        outcomes = await asyncio.gather(*futures, return_exceptions=True)
+        done: list[Result] = []
+        for lane, outcome in zip(lanes, outcomes, strict=True):
+            if isinstance(outcome, BrokenProcessPool):
+                raise outcome
+            if isinstance(outcome, BaseException):
+                log.error("a voice worker's step failed", exc_info=outcome)
+                continue
+            lane.pace = Pace(outcome.stride, outcome.busy)
+            lane.backlog = outcome.backlog
+            lane.looks = outcome.looks
+            done.append(outcome)
+        self.looks = {k: v for lane in self._lanes for k, v in lane.looks.items()}
+        if done:
+            self.last = sum((r.stats for r in done), StepStats())
+            self.last.seconds = max(r.stats.seconds for r in done)
+
+    def _batches(self) -> list[Batch]:
+        """What each process gets at a step: its streams' new samples, ends and
+        re-enrolments, gathered since the last step."""
         audio: list[dict[str, np.ndarray]] = [{} for _ in self._lanes]
         closed: list[list[str]] = [[] for _ in self._lanes]
         re_enroll: list[list[str]] = [[] for _ in self._lanes]
@@ -267,48 +369,25 @@ class AnalysisWorker:
         for stream in self._closed:
             closed[self._home.pop(stream, 0)].append(stream)
         self._audio, self._closed, self._re_enroll = {}, [], []
-        first = [
+        return [
             Batch(a, tuple(c), tuple(r)) for a, c, r in zip(audio, closed, re_enroll, strict=True)
         ]
-        lanes = list(self._lanes)
-        done = await self._part(lanes, first, focused=True)
-        rest = asyncio.ensure_future(self._part(lanes, [Batch({})] * len(lanes), focused=False))
-        try:
-            yield [alert for result in done for alert in result.alerts]
-            later = await rest
-        finally:
-            if not rest.done():
-                rest.cancel()
-        yield [alert for result in later for alert in result.alerts]
-        if done or later:
-            both = [r.stats for r in done + later]
-            self.last = StepStats(
-                windows=sum(s.windows for s in both),
-                segmented=sum(s.segmented for s in both),
-                embeddings=sum(s.embeddings for s in both),
-                seconds=sum(max((r.stats.seconds for r in p), default=0.0) for p in (done, later)),
-                skipped=sum(s.skipped for s in both),
-            )
 
-    @staticmethod
-    async def _part(lanes: list[_Lane], batches: list[Batch], focused: bool) -> list[Result]:
-        """One part of a step in every process; what the healthy ones returned."""
-        loop = asyncio.get_running_loop()
-        outcomes = await asyncio.gather(
-            *(
-                loop.run_in_executor(lane.pool, _step, batch, focused)
-                for lane, batch in zip(lanes, batches, strict=True)
-            ),
-            return_exceptions=True,
-        )
-        done: list[Result] = []
-        for lane, outcome in zip(lanes, outcomes, strict=True):
-            if isinstance(outcome, BrokenProcessPool):
-                raise outcome
-            if isinstance(outcome, BaseException):
-                log.error("a voice worker's step failed", exc_info=outcome)
-                continue
-            lane.pace = Pace(outcome.stride, outcome.busy)
-            lane.backlog = outcome.backlog
-            done.append(outcome)
-        return done
+
+def _pump(
+    lane: int,
+    alerts: Connection,
+    loop: asyncio.AbstractEventLoop,
+    inbox: asyncio.Queue[tuple[int, int, list[Alert] | None]],
+) -> None:
+    """A thread per process: hands what its steps send over to the event loop, until the
+    process is gone (the pipe's end)."""
+    while True:
+        try:
+            step, found = alerts.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            loop.call_soon_threadsafe(inbox.put_nowait, (lane, step, found))
+        except RuntimeError:  # the event loop closed
+            return

@@ -32,6 +32,22 @@ from rtcproctor.voice.embedding import cosine
 from rtcproctor.voice.segmentation import Activity
 
 STUDENT = 0  # label of the enrolled student; foreign voices get 1, 2, ...
+# What a window's verdicts change, put back after an early second look that raised
+# nothing (`DetectorConfig.second_look`).
+_DECISION_STATE = (
+    "_history",
+    "_foreign",
+    "enrolled",
+    "_enroll_count",
+    "_since_check",
+    "_suspect",
+    "_suspect_from",
+    "_overlaps",
+    "_likely",
+    "_processed_end",
+    "_last_mode",
+    "turns",
+)
 
 
 @dataclass(frozen=True)
@@ -88,11 +104,14 @@ class DetectorConfig:
         second look embeds the suspected speech and all the voice said after it, not the
         whole window: after a hand-over that held the student too, and the diluted second
         look cleared the newcomer (2 of 5 hand-overs missed in 80 trials).
-    second_look: live, the second look at a doubtful mismatch comes in a window ending
-        this long after the doubtful one, not a whole hop later (hop: off). Most of the
-        slowest second voices through WebRTC were a short first piece of a newcomer or a
-        whisper (under `embed_min`, scoring above `short_sure`), looked at again a hop
-        later. Offline analysis takes windows ahead of the verdicts, so it keeps the hop.
+    second_look: live, a doubtful mismatch is looked at again in a window ending this
+        long after the doubtful one, not only a whole hop later (hop: off). Many of the
+        slowest second voices through WebRTC were a short first piece of a newcomer or
+        a whisper (under `embed_min`, scoring above `short_sure`), looked at again a
+        hop later. The early look can only bring an alert forward: if it raises none,
+        the detector forgets it, and the grid's next window decides as it would have
+        (without that, the look's links made one whisper pass for the student for 5 s).
+        Offline analysis takes windows ahead of the verdicts, so it keeps the hop.
     short_sure (verdict): a voice heard for less than `embed_min` alerts without a second
         look if it scores under this. Single speakers' short pieces scored down to 0.364
         (4.4 h), a hand-over's newcomer often under 0.3 (22 of its 148 short pieces).
@@ -258,6 +277,7 @@ class Detector:
         # mismatch gets its second look `second_look` after the window that raised it.
         self.live = False
         self._look_end = 0  # samples: end of the window of a pending second look, or 0
+        self._before_look: dict[str, object] = {}  # decision state as the look began
 
     # ---------------------------------------------------------------- audio in
     @property
@@ -446,6 +466,8 @@ class Detector:
     def assess(self, win: Window, activity: Activity | None) -> list[np.ndarray]:
         """Segmentation result in; audio segments to embed out (often none)."""
         c = self.config
+        if win.look:
+            self._before_look = {name: copy.copy(getattr(self, name)) for name in _DECISION_STATE}
         win.activity = activity
         if activity is None or win.silent:
             win.mode = "none"
@@ -726,6 +748,10 @@ class Detector:
             self._look_end = look if look < self._next_end else 0
         self._processed_end = max(self._processed_end, win.end)
         self._last_mode = win.mode
+        if win.look and not alerts and self._before_look:
+            for name, value in self._before_look.items():
+                setattr(self, name, value)
+        self._before_look = {}
         horizon = win.end - 2 * c.window
         self._history = [h for h in self._history if h[2] > horizon]
         return alerts

@@ -351,11 +351,10 @@ class Detector:
         if self._last_window_end:  # the pace may have changed since the last window
             due = self._last_window_end + hop
             self._next_end = min(self._next_end, due) if self.focused else max(self._next_end, due)
-        look, self._look_end = self._look_end, 0
-        if look and look <= total < self._next_end and self._suspect:
-            out.append(self._make_window(look, regular=False))
-        elif look and total < look:
-            self._look_end = look  # its audio has not all come yet
+        if self._look_end and self._look_end <= total:  # a second look's audio is all in
+            if total < self._next_end and self._suspect:  # and the grid's window is not
+                out.append(self._make_window(self._look_end, regular=False))
+            self._look_end = 0
         if self._next_end - self._win < self.buffer.oldest:
             behind = self.buffer.oldest - (self._next_end - self._win)
             skip = math.ceil(behind / hop)
@@ -748,7 +747,7 @@ class Detector:
             self._look_end = look if look < self._next_end else 0
         self._processed_end = max(self._processed_end, win.end)
         self._last_mode = win.mode
-        if win.look and not alerts and self._before_look:
+        if win.look and not alerts:
             for name, value in self._before_look.items():
                 setattr(self, name, value)
         self._before_look = {}

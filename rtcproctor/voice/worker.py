@@ -161,7 +161,6 @@ class _Lane:
     alerts: Connection  # the reading end of the process's alert pipe
     pace: Pace = field(default_factory=Pace)
     backlog: dict[str, tuple[float, float]] = field(default_factory=dict)
-    looks: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -348,9 +347,8 @@ class AnalysisWorker:
                 continue
             lane.pace = Pace(outcome.stride, outcome.busy)
             lane.backlog = outcome.backlog
-            lane.looks = outcome.looks
             done.append(outcome)
-        self.looks = {k: v for lane in self._lanes for k, v in lane.looks.items()}
+        self.looks = {k: v for result in done for k, v in result.looks.items()}
         if done:
             self.last = sum((r.stats for r in done), StepStats())
             self.last.seconds = max(r.stats.seconds for r in done)
